@@ -1,0 +1,94 @@
+"""aa-pkg command line: argparse -> Config -> one pipeline. The only place that exits."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from aa_pkg import __version__
+from aa_pkg.config import Config, load_config
+from aa_pkg.errors import AaPkgError
+
+
+def read_config(path: Path | None) -> Config:
+    return load_config(path) if path else Config()
+
+
+def cmd_build(args: argparse.Namespace) -> None:
+    from aa_pkg.build import build  # needs sh and python-debian; render does not
+
+    config = read_config(args.config)
+    deb = build(config, args.out)
+    print(deb)
+
+
+def cmd_render(args: argparse.Namespace) -> None:
+    from aa_pkg.render import render_package
+
+    config = read_config(args.config)
+    if args.package and args.package != config.package:
+        raise AaPkgError(f"debian/control builds {args.package!r} but the settings say {config.package!r}",
+                         hint="build site variants with 'aa-pkg build --config', which rewrites debian/control")
+    render_package(config, args.tree, args.debian_dir)
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    from aa_pkg.check import check_tree
+
+    check_tree(read_config(args.config), args.tree)
+
+
+def cmd_query(args: argparse.Namespace) -> None:
+    print(getattr(read_config(args.config), args.key))
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="aa-pkg", description="Build the apparmor-fullsystem Debian package.")
+    top.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    top.add_argument("-v", "--verbose", action="store_true", help="log every command run")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.add_argument("--config", type=Path, help="site settings (TOML); see README.md, 'Site variants'")
+        return p
+
+    p = add("build", "build the .deb (the standard package, or a site variant with --config)")
+    p.add_argument("--out", type=Path, default=Path("dist"), help="output directory (default: dist/)")
+    p.set_defaults(func=cmd_build)
+
+    p = add("render", "render the package tree and maintainer scripts (used by debian/rules)")
+    p.add_argument("--package", help="the binary package debian/control builds")
+    p.add_argument("--tree", type=Path, required=True, help="where to render the installed files")
+    p.add_argument("--debian-dir", type=Path, required=True, help="where to write maintainer scripts")
+    p.set_defaults(func=cmd_render)
+
+    p = add("check", "check a rendered tree: sh -n on scripts, apparmor_parser -Q on profiles")
+    p.add_argument("--tree", type=Path, required=True)
+    p.set_defaults(func=cmd_check)
+
+    p = add("query", "print one setting (used by debian/rules)")
+    p.add_argument("key", choices=["package", "profile_name", "stage", "mode"])
+    p.set_defaults(func=cmd_query)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        args.func(args)
+    except AaPkgError as e:
+        print(f"aa-pkg: error: {e.message}", file=sys.stderr)
+        if e.hint:
+            print(f"aa-pkg: hint: {e.hint}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

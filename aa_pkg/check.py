@@ -1,0 +1,52 @@
+"""Checks on a rendered package tree, run at build time (debian/rules
+dh_auto_test) so both build paths refuse a package that would not work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aa_pkg.config import Config
+from aa_pkg.errors import CommandError, PolicyError
+from aa_pkg.render import Paths
+from aa_pkg.run import require_tools, run
+
+
+def shipped_profiles(config: Config, tree: Path) -> list[Path]:
+    paths = Paths(config.package, config.profile_name)
+    profiles = [tree / paths.stub_profile.relative_to("/"), tree / paths.full_profile.relative_to("/")]
+    vendor = tree / paths.vendor_policy.relative_to("/")
+    profiles += sorted(p for p in vendor.iterdir() if p.is_file()) if vendor.is_dir() else []
+    return profiles
+
+
+def shell_scripts(tree: Path) -> list[Path]:
+    """Every shipped file that starts with a /bin/sh shebang, plus the sourced library."""
+    scripts = []
+    for path in sorted(tree.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            head = path.read_bytes()[:64]
+            if head.startswith(b"#!/bin/sh") or path.name == "functions":
+                scripts.append(path)
+    return scripts
+
+
+def check_policy(config: Config, tree: Path) -> None:
+    """apparmor_parser -Q on every profile: the parser's message names file and line."""
+    require_tools(["apparmor_parser"])
+    for profile in shipped_profiles(config, tree):
+        try:
+            run(["apparmor_parser", "--skip-kernel-load", "--skip-cache", "--quiet", "--", profile])
+        except CommandError as e:
+            raise PolicyError(f"{profile.name}: does not compile: {e.message}",
+                              hint="fix the profile; apparmor_parser names the line") from None
+
+
+def check_scripts(tree: Path) -> None:
+    """`sh -n` on every script: initramfs-tools skips a script that fails it, silently."""
+    for script in shell_scripts(tree):
+        run(["sh", "-n", script])
+
+
+def check_tree(config: Config, tree: Path) -> None:
+    check_scripts(tree)
+    check_policy(config, tree)

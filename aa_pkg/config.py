@@ -1,0 +1,200 @@
+"""Site configuration: a TOML file parsed and validated once into a frozen Config.
+
+Every value that ends up in a file path, a profile or a shell script is checked
+here against a strict pattern, so templates never have to escape a name late.
+The file format is documented in README.md ("Site variants").
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Callable
+
+from aa_pkg.errors import ConfigError
+
+
+class Stage(StrEnum):
+    STUB = "stub"  # the initramfs loads the small stub; apparmor.service swaps in the full profile
+    FULL = "full"  # the initramfs loads the full profile itself: PID 1 is never under the stub
+
+
+class Mode(StrEnum):
+    COMPLAIN = "complain"
+    ENFORCE = "enforce"
+
+
+DEFAULT_PACKAGE = "apparmor-fullsystem"
+DEFAULT_PROFILE = "fullsystem-init"
+
+# The package name becomes initramfs-tools script names, which must match
+# [A-Za-z0-9_-]+ (initramfs-tools(7), "Hook scripts"; hook-functions skips
+# anything else silently), so the '+' and '.' Debian would allow are refused.
+PACKAGE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{1,62}")
+# Profile names become file names under /etc/apparmor.d and words in shell.
+PROFILE_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+# Debian Policy 5.6.12 without a Debian revision: the source format is 3.0 (native).
+NATIVE_VERSION_RE = re.compile(r"(?:[0-9]+:)?[0-9][A-Za-z0-9.+~]*")
+MAINTAINER_RE = re.compile(r"[^<>,\n]+ <[^<>@\s]+@[^<>@\s]+>")
+DISTRIBUTION_RE = re.compile(r"[a-z0-9][a-z0-9.-]*")
+# Profile file names: what apparmor_parser loads from a directory (it skips
+# dotfiles and dpkg/rpm leftovers), restricted to shell-safe characters.
+PROFILE_FILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+PROFILE_FILE_SKIPPED_SUFFIXES = (".dpkg-new", ".dpkg-old", ".dpkg-dist", ".dpkg-bak", ".rpmnew", ".rpmsave", "~")
+
+
+@dataclass(frozen=True)
+class Changelog:
+    """A changelog entry a site variant adds on top of debian/changelog."""
+
+    version: str
+    text: str
+    distribution: str | None = None
+    date: datetime.datetime | None = None  # None: reuse the base entry's date (reproducible builds)
+
+
+@dataclass(frozen=True)
+class Config:
+    package: str = DEFAULT_PACKAGE
+    maintainer: str | None = None  # None: keep debian/control's
+    changelog: Changelog | None = None  # None: build debian/changelog's version as is
+    stage: Stage = Stage.STUB
+    mode: Mode = Mode.COMPLAIN
+    profile_name: str = DEFAULT_PROFILE
+    extra_profiles: tuple[Path, ...] = field(default=())
+    source: Path | None = None  # the file this was read from, for messages
+
+    @property
+    def is_default(self) -> bool:
+        return replace(self, source=None) == Config()
+
+
+def _fail(where: str, message: str, hint: str) -> ConfigError:
+    return ConfigError(f"{where}: {message}", hint=hint)
+
+
+def _string(where: str, value: Any, pattern: re.Pattern[str] | None, hint: str) -> str:
+    if not isinstance(value, str):
+        raise _fail(where, f"must be a string, not {type(value).__name__}", hint)
+    if pattern is not None and not pattern.fullmatch(value):
+        raise _fail(where, f"{value!r} is not allowed", hint)
+    return value
+
+
+def _choice(where: str, value: Any, enum: type[StrEnum]) -> Any:
+    choices = ", ".join(repr(str(c)) for c in enum)
+    if value not in {str(c) for c in enum}:
+        raise _fail(where, f"{value!r} is not one of {choices}", f"set it to one of {choices}")
+    return enum(value)
+
+
+def _datetime(where: str, value: Any) -> datetime.datetime:
+    if isinstance(value, datetime.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
+    if isinstance(value, datetime.date):
+        return datetime.datetime(value.year, value.month, value.day, tzinfo=datetime.timezone.utc)
+    raise _fail(where, f"{value!r} is not a TOML date", "write a bare date such as 2026-11-25 (no quotes)")
+
+
+def _profile_dir(where: str, value: Any, base: Path) -> tuple[Path, ...]:
+    directory = base / _string(where, value, None, "give a directory of AppArmor profiles, relative to the config file")
+    if not directory.is_dir():
+        raise _fail(where, f"{directory} is not a directory", "create it or fix the path (relative to the config file)")
+    profiles = []
+    for path in sorted(directory.iterdir()):
+        name = path.name
+        if path.is_dir() or name.startswith("."):
+            continue
+        if not PROFILE_FILE_RE.fullmatch(name) or name.endswith(PROFILE_FILE_SKIPPED_SUFFIXES):
+            raise _fail(where, f"profile file name {name!r} is not allowed",
+                        "rename it using letters, digits, '.', '_' and '-' only (apparmor_parser skips backup suffixes)")
+        if not path.is_file():
+            raise _fail(where, f"{path} is not a regular file", "replace the link or special file by a regular file")
+        profiles.append(path)
+    if not profiles:
+        raise _fail(where, f"{directory} contains no profiles", "add profiles or remove the extra_profiles key")
+    return tuple(profiles)
+
+
+# The schema: section -> key -> parser(where, value, base directory).
+_Parser = Callable[[str, Any, Path], Any]
+SCHEMA: dict[str, dict[str, _Parser]] = {
+    "package": {
+        "name": lambda w, v, b: _string(w, v, PACKAGE_NAME_RE,
+                                        "use lower-case letters, digits and '-' (2 to 63 characters)"),
+        "maintainer": lambda w, v, b: _string(w, v, MAINTAINER_RE, "write it as 'Full Name <address@example.org>'"),
+        "version": lambda w, v, b: _string(w, v, NATIVE_VERSION_RE,
+                                           "use a Debian version without a '-revision', e.g. '0.1+site1'"),
+        "changelog": lambda w, v, b: _string(w, v, None, "write the changelog entry as a string"),
+        "distribution": lambda w, v, b: _string(w, v, DISTRIBUTION_RE, "use a suite name such as 'unstable'"),
+        "date": lambda w, v, b: _datetime(w, v),
+    },
+    "policy": {
+        "stage": lambda w, v, b: _choice(w, v, Stage),
+        "mode": lambda w, v, b: _choice(w, v, Mode),
+        "profile_name": lambda w, v, b: _string(w, v, PROFILE_NAME_RE,
+                                                "start with a lower-case letter; use a-z, 0-9, '_' and '-'"),
+        "extra_profiles": lambda w, v, b: _profile_dir(w, v, b),
+    },
+}
+
+
+def _known(keys: Any) -> str:
+    return ", ".join(sorted(keys))
+
+
+def load_config(path: Path) -> Config:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}", hint="check the --config path") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}", hint="see README.md, 'Site variants', for an example") from None
+
+    values: dict[str, dict[str, Any]] = {}
+    for section, table in data.items():
+        if section not in SCHEMA:
+            raise _fail(f"{path}: [{section}]", "unknown section", f"known sections: {_known(SCHEMA)}")
+        if not isinstance(table, dict):
+            raise _fail(f"{path}: {section}", "must be a [section]", f"write [{section}] on its own line")
+        values[section] = {}
+        for key, value in table.items():
+            where = f"{path}: [{section}] {key}"
+            if key not in SCHEMA[section]:
+                raise _fail(where, "unknown key", f"known keys in [{section}]: {_known(SCHEMA[section])}")
+            values[section][key] = SCHEMA[section][key](where, value, path.parent)
+    return _assemble(path, values.get("package", {}), values.get("policy", {}))
+
+
+def _assemble(path: Path, package: dict[str, Any], policy: dict[str, Any]) -> Config:
+    changelog_keys = {"changelog", "distribution", "date"} & package.keys()
+    if changelog_keys and "version" not in package:
+        raise _fail(f"{path}: [package] {min(changelog_keys)}", "needs a version",
+                    "add version = '...' to [package]: a changelog entry belongs to a new version")
+    changelog = None
+    if "version" in package:
+        changelog = Changelog(
+            version=package["version"],
+            text=package.get("changelog", "Site build."),
+            distribution=package.get("distribution"),
+            date=package.get("date"),
+        )
+    config = Config(
+        package=package.get("name", DEFAULT_PACKAGE),
+        maintainer=package.get("maintainer"),
+        changelog=changelog,
+        stage=policy.get("stage", Stage.STUB),
+        mode=policy.get("mode", Mode.COMPLAIN),
+        profile_name=policy.get("profile_name", DEFAULT_PROFILE),
+        extra_profiles=policy.get("extra_profiles", ()),
+        source=path,
+    )
+    if config.mode is Mode.ENFORCE and config.stage is not Stage.FULL:
+        raise _fail(f"{path}: [policy] mode", "'enforce' needs stage = 'full'",
+                    "the stub is always complain-mode; set stage = 'full' or mode = 'complain'")
+    return config

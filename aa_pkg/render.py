@@ -1,0 +1,169 @@
+"""Render the shipped files from aa_pkg/templates into a package tree.
+
+This is the single source of every file the .deb ships: debian/rules calls it
+(`python3 -m aa_pkg render`) and so does `aa-pkg build`, through debian/rules.
+It needs only jinja2 and the standard library, because debian/rules runs it
+with Debian's python3 and the packages listed in Build-Depends.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import jinja2
+
+from aa_pkg.config import Config
+
+TEMPLATES = Path(__file__).parent / "templates"
+KERNEL_PARAMETER = "aa_fullsystem"  # our own escape hatch; the same in every site variant
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where things live on the target system, derived from the package and profile names."""
+
+    package: str
+    profile: str
+
+    @property
+    def share(self) -> PurePosixPath:
+        return PurePosixPath("/usr/share") / self.package
+
+    @property
+    def etc(self) -> PurePosixPath:
+        return PurePosixPath("/etc") / self.package
+
+    @property
+    def state(self) -> PurePosixPath:
+        return self.etc / "state"
+
+    @property
+    def defaults(self) -> PurePosixPath:
+        return self.share / "defaults"
+
+    @property
+    def functions(self) -> PurePosixPath:
+        return self.share / "functions"
+
+    @property
+    def stub_profile(self) -> PurePosixPath:
+        return self.share / "init-stub"
+
+    @property
+    def full_profile(self) -> PurePosixPath:
+        return PurePosixPath("/etc/apparmor.d") / self.profile
+
+    @property
+    def force_complain(self) -> PurePosixPath:
+        # apparmor_parser loads a profile in complain mode when a file of the
+        # same name exists here (apparmor.d(5), "force-complain").
+        return PurePosixPath("/etc/apparmor.d/force-complain") / self.profile
+
+    @property
+    def vendor_policy(self) -> PurePosixPath:
+        return self.share / "policy.d"
+
+    @property
+    def admin_policy(self) -> PurePosixPath:
+        return self.etc / "policy.d"
+
+    @property
+    def hook(self) -> PurePosixPath:
+        return PurePosixPath("/usr/share/initramfs-tools/hooks") / self.package
+
+    @property
+    def boot_script(self) -> PurePosixPath:
+        return PurePosixPath("/usr/share/initramfs-tools/scripts/init-bottom") / self.package
+
+    @property
+    def initramfs_dir(self) -> PurePosixPath:
+        # Our files inside the initramfs image.
+        return PurePosixPath("/usr/lib") / self.package
+
+    @property
+    def boot_record(self) -> PurePosixPath:
+        # initramfs-tools moves /run into the real root before exec'ing init,
+        # so this survives into the running system (initramfs-tools(7)).
+        return PurePosixPath("/run") / self.package / "boot"
+
+
+@dataclass(frozen=True)
+class Shipped:
+    template: str
+    destination: PurePosixPath
+    mode: int
+
+
+def shipped_files(paths: Paths) -> list[Shipped]:
+    """Every file in the binary package, with its mode. Directories follow from these."""
+    return [
+        Shipped("hook.sh.j2", paths.hook, 0o755),
+        Shipped("init-bottom.sh.j2", paths.boot_script, 0o755),
+        Shipped("functions.sh.j2", paths.functions, 0o644),
+        Shipped("defaults.j2", paths.defaults, 0o644),
+        Shipped("init-stub.apparmor.j2", paths.stub_profile, 0o644),
+        Shipped("init-full.apparmor.j2", paths.full_profile, 0o644),
+        Shipped("aa-fullsystem.sh.j2", PurePosixPath("/usr/sbin/aa-fullsystem"), 0o755),
+        Shipped("aa-fullsystem.8.j2", PurePosixPath("/usr/share/man/man8/aa-fullsystem.8"), 0o644),
+    ]
+
+
+# Maintainer scripts go into debian/<package>.<name>, where dh_installdeb adds
+# the debhelper snippets (#DEBHELPER#) and installs them into the control area.
+MAINTAINER_SCRIPTS = ("postinst", "postrm")
+
+
+def shquote(value: Any) -> str:
+    return shlex.quote(str(value))
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["shquote"] = shquote
+    return env
+
+
+def context(config: Config) -> dict[str, Any]:
+    paths = Paths(config.package, config.profile_name)
+    return {
+        "package": config.package,
+        "profile": config.profile_name,
+        "stage": str(config.stage),
+        "mode": str(config.mode),
+        "paths": paths,
+        "kernel_parameter": KERNEL_PARAMETER,
+        "extra_profiles": [p.name for p in config.extra_profiles],
+    }
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def render_package(config: Config, tree: Path, debian_dir: Path) -> None:
+    """Write the installed tree under `tree` and the maintainer scripts into `debian_dir`."""
+    env = environment()
+    values = context(config)
+    paths: Paths = values["paths"]
+    for shipped in shipped_files(paths):
+        text = env.get_template(shipped.template).render(values)
+        _write(tree / shipped.destination.relative_to("/"), text, shipped.mode)
+    for profile in config.extra_profiles:
+        _write(tree / paths.vendor_policy.relative_to("/") / profile.name, profile.read_text(), 0o644)
+    # The plugin directories ship even when empty: other packages and the
+    # admin drop profiles there (see the policy.d section of aa-fullsystem(8)).
+    for directory in (paths.vendor_policy, paths.admin_policy):
+        (tree / directory.relative_to("/")).mkdir(parents=True, exist_ok=True)
+    for script in MAINTAINER_SCRIPTS:
+        text = env.get_template(f"{script}.sh.j2").render(values)
+        _write(debian_dir / f"{config.package}.{script}", text, 0o755)
