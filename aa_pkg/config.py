@@ -54,7 +54,7 @@ class Changelog:
     version: str
     text: str
     distribution: str | None = None
-    date: datetime.datetime | None = None  # None: reuse the base entry's date (reproducible builds)
+    date: datetime.datetime | None = None  # None: one second after the base entry (reproducible)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ debian/rules hands to the renderer."""
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import json
 import shutil
 from pathlib import Path
@@ -44,7 +46,10 @@ def add_changelog_entry(config: Config, changelog_path: Path) -> None:
     if entry.date is not None:
         date = format_date(entry.date.timestamp(), localtime=False)
     else:
-        date = changelog.date  # the base entry's: keeps builds reproducible
+        # One second after the base entry: reproducible (no clock read), and
+        # later than the entry below it, as Debian Policy 4.4 requires.
+        base = email.utils.parsedate_to_datetime(changelog.date)
+        date = format_date((base + datetime.timedelta(seconds=1)).timestamp(), localtime=False)
     changelog.new_block(
         package=config.package,
         version=entry.version,

@@ -1,0 +1,46 @@
+"""The command line: errors are one line and a hint, never a traceback or a partial .deb."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def aa_pkg(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "aa_pkg", *args], cwd=cwd, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+
+
+@pytest.mark.parametrize("text", [
+    "[package]\nname = 'Bad Name'\n",
+    "[policy]\nmode = 'enforce'\n",
+    "[policy]\nprofile_name = '../../etc/passwd'\n",
+    "[nonsense]\n",
+    "not toml at all [\n",
+])
+def test_bad_config_fails_cleanly(tmp_path: Path, text: str) -> None:
+    config = tmp_path / "site.toml"
+    config.write_text(text)
+    out = tmp_path / "dist"
+    result = aa_pkg("build", "--config", str(config), "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2, result.stderr
+    assert lines[0].startswith(f"aa-pkg: error: {config}")
+    assert lines[1].startswith("aa-pkg: hint: ")
+    assert "Traceback" not in result.stderr
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_help_and_version(tmp_path: Path) -> None:
+    assert "build" in aa_pkg("--help", cwd=tmp_path).stdout
+    assert aa_pkg("--version", cwd=tmp_path).stdout.startswith("aa-pkg ")
+
+
+def test_query(tmp_path: Path) -> None:
+    assert aa_pkg("query", "profile_name", cwd=tmp_path).stdout == "fullsystem-init\n"
