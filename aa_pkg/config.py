@@ -10,10 +10,11 @@ from __future__ import annotations
 import datetime
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from aa_pkg.errors import ConfigError
 
@@ -94,9 +95,9 @@ def _choice(where: str, value: Any, enum: type[StrEnum]) -> Any:
 
 def _datetime(where: str, value: Any) -> datetime.datetime:
     if isinstance(value, datetime.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
     if isinstance(value, datetime.date):
-        return datetime.datetime(value.year, value.month, value.day, tzinfo=datetime.timezone.utc)
+        return datetime.datetime(value.year, value.month, value.day, tzinfo=datetime.UTC)
     raise _fail(where, f"{value!r} is not a TOML date", "write a bare date such as 2026-11-25 (no quotes)")
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from debian.changelog import Changelog, format_date
 from debian.deb822 import Deb822
 
-from aa_pkg.config import DEFAULT_PACKAGE, Config, ConfigError
+from aa_pkg.config import DEFAULT_PACKAGE, Config
+from aa_pkg.errors import ConfigError
 
 SITE_CONFIG = "aa-pkg.toml"  # debian/rules passes it to `aa_pkg render` when present
 SITE_PROFILES = "site-profiles"

@@ -21,6 +21,7 @@ import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sh
 
@@ -99,15 +100,10 @@ def run(
     full_env = base_environment(source_date_epoch)
     full_env.update(env or {})
     log.debug("+ %s", shlex.join(args))
+    options: dict[str, Any] = {"_cwd": str(cwd) if cwd else None, "_env": full_env, "_in": input,
+                               "_tty_out": False, **SH_RETURN_CMD}
     try:
-        cmd = sh.Command(executable)(
-            *args[1:],
-            _cwd=str(cwd) if cwd else None,
-            _env=full_env,
-            _in=input,
-            _tty_out=False,
-            **SH_RETURN_CMD,
-        )
+        cmd = sh.Command(executable)(*args[1:], **options)
     except sh.ErrorReturnCode as e:
         output = (e.stderr or b"").decode(errors="replace").strip() or (e.stdout or b"").decode(errors="replace").strip()
         tail = "\n".join(output.splitlines()[-STDERR_TAIL_LINES:])
