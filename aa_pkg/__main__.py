@@ -6,10 +6,14 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aa_pkg import __version__
 from aa_pkg.config import Config, load_config
 from aa_pkg.errors import AaPkgError
+
+if TYPE_CHECKING:
+    from aa_pkg.publish import Target
 
 
 def read_config(path: Path | None) -> Config:
@@ -40,6 +44,31 @@ def cmd_check(args: argparse.Namespace) -> None:
     check_tree(read_config(args.config), args.tree)
 
 
+def publish_target(args: argparse.Namespace) -> Target:
+    from aa_pkg.publish import Target
+
+    return Target(root=args.repo, suite=args.suite, component=args.component,
+                  architectures=tuple(args.arch or ["amd64"]), key=args.key, gnupghome=args.gnupghome)
+
+
+def cmd_publish(args: argparse.Namespace) -> None:
+    from aa_pkg.publish import publish
+
+    new = publish(args.debs, publish_target(args))
+    for deb in new:
+        print(f"published {deb.package} {deb.version}")
+    if not new:
+        print("nothing new: every .deb is already published with the same contents")
+
+
+def cmd_client(args: argparse.Namespace) -> None:
+    from aa_pkg.publish import export_key, sources_stanza
+
+    target = publish_target(args)
+    export_key(target, args.keyring_out)
+    print(sources_stanza(target, args.url, args.keyring_path), end="")
+
+
 def cmd_query(args: argparse.Namespace) -> None:
     print(getattr(read_config(args.config), args.key))
 
@@ -68,6 +97,27 @@ def parser() -> argparse.ArgumentParser:
     p = add("check", "check a rendered tree: sh -n on scripts, apparmor_parser -Q on profiles")
     p.add_argument("--tree", type=Path, required=True)
     p.set_defaults(func=cmd_check)
+
+    def add_repository(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--repo", type=Path, required=True, help="repository directory (served as static files)")
+        p.add_argument("--suite", default="stable", help="dists/<suite> (default: stable)")
+        p.add_argument("--component", default="main", help="component (default: main)")
+        p.add_argument("--arch", action="append", help="architecture indexed (repeatable; default: amd64)")
+        p.add_argument("--key", help="gpg key id to sign with (default: gpg's default key)")
+        p.add_argument("--gnupghome", type=Path, help="gpg home of the signing key (default: gpg's)")
+
+    p = sub.add_parser("publish", help="add .debs to a signed apt repository")
+    p.add_argument("debs", nargs="+", type=Path, metavar="DEB")
+    add_repository(p)
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("client-config", help="export the signing key and print the .sources stanza for clients")
+    add_repository(p)
+    p.add_argument("--url", required=True, help="where clients reach the repository")
+    p.add_argument("--keyring-out", type=Path, required=True, help="write the binary public keyring here")
+    p.add_argument("--keyring-path", default="/usr/share/keyrings/apparmor-fullsystem-archive-keyring.gpg",
+                   help="where clients install that keyring (Signed-By)")
+    p.set_defaults(func=cmd_client)
 
     p = add("query", "print one setting (used by debian/rules)")
     p.add_argument("key", choices=["package", "profile_name", "stage", "mode"])

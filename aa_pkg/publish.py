@@ -1,0 +1,234 @@
+"""`aa-pkg publish`: put .debs into a signed, pool-style apt repository.
+
+    repo/pool/<component>/<initial>/<source>/<file>.deb   every version ever published
+    repo/dists/<suite> -> .<suite>.<generation>            symlink, switched atomically
+        Release  InRelease  Release.gpg  <component>/binary-<arch>/Packages{,.gz,.xz}
+
+The indices and the Release file are written by apt-ftparchive (Debian's own
+tool: apt's hashes and field order, no hand formatting), with a checksum
+cache so a publish into a large repository only hashes the new files. A new
+generation of dists/<suite> is built beside the served one and swapped in
+with one rename(2), so a client, or an interrupted publish, never sees a
+half-written index. One lock per repository serialises publishers.
+
+Suites in one repository share the pool of a component: keep one repository
+directory per distribution when their package sets must differ.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gzip
+import hashlib
+import logging
+import lzma
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from debian.arfile import ArError
+from debian.debfile import DebError, DebFile
+
+from aa_pkg.errors import AaPkgError, CommandError
+from aa_pkg.run import require_tools, run
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = ".aa-pkg"  # lock and checksum cache; not part of the apt repository
+GENERATIONS_KEPT = 2  # the served one and the one before, for clients mid-download
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9.+-]*")
+
+
+class PublishError(AaPkgError):
+    """A publish that would change what a version means, or a bad argument."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a repository is published: settings of one `aa-pkg publish` call."""
+
+    root: Path
+    suite: str = "stable"
+    component: str = "main"
+    architectures: tuple[str, ...] = ("amd64",)
+    key: str | None = None  # gpg key id; None: gpg's default key
+    gnupghome: Path | None = None
+    origin: str = "apparmor-fullsystem"
+
+    def __post_init__(self) -> None:
+        for what, value in (("suite", self.suite), ("component", self.component),
+                            *(("architecture", a) for a in self.architectures)):
+            if not NAME_RE.fullmatch(value):
+                raise PublishError(f"{what} {value!r} is not allowed",
+                                   hint="use lower-case letters, digits, '.', '+' and '-'")
+
+
+@dataclass(frozen=True)
+class Deb:
+    path: Path
+    package: str
+    version: str
+    source: str
+
+    @classmethod
+    def read(cls, path: Path) -> Deb:
+        try:
+            control = DebFile(str(path)).debcontrol()
+        except (OSError, ArError, DebError, KeyError) as e:
+            raise PublishError(f"{path}: not a readable .deb ({e})", hint="pass .deb files built by aa-pkg build") from None
+        source = control.get("Source", control["Package"]).split()[0]
+        return cls(path, control["Package"], control["Version"], source)
+
+    def pool_path(self, component: str) -> Path:
+        # Debian's pool layout: lib* sources get four letters (dak, "lib" rule).
+        initial = self.source[:4] if self.source.startswith("lib") else self.source[:1]
+        return Path("pool") / component / initial / self.source / self.path.name
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def locked(root: Path) -> Iterator[None]:
+    state = root / STATE_DIR
+    state.mkdir(parents=True, exist_ok=True)
+    with (state / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def plan(debs: Sequence[Deb], target: Target) -> list[Deb]:
+    """The debs that are new. Refuses, before anything changes, a file name
+    already published with other bytes: a published version is immutable."""
+    new = []
+    for deb in debs:
+        published = target.root / deb.pool_path(target.component)
+        if not published.exists():
+            new.append(deb)
+        elif sha256(published) != sha256(deb.path):
+            raise PublishError(
+                f"{deb.package} {deb.version} is already published in {target.root} with different contents "
+                f"({published.relative_to(target.root)})",
+                hint="a version is published once: bump the version (debian/changelog, or version = in the "
+                     "site config) and build again")
+    return new
+
+
+def copy_into_pool(debs: Sequence[Deb], target: Target) -> None:
+    for deb in debs:
+        published = target.root / deb.pool_path(target.component)
+        published.parent.mkdir(parents=True, exist_ok=True)
+        partial = published.with_name(f".{published.name}.partial")
+        shutil.copyfile(deb.path, partial)
+        os.replace(partial, published)
+
+
+def write_indices(target: Target, suite_dir: Path) -> None:
+    cache = target.root / STATE_DIR / "checksums.db"
+    for arch in target.architectures:
+        binary = suite_dir / target.component / f"binary-{arch}"
+        binary.mkdir(parents=True)
+        # Relative to the repository root, so Filename: is pool/...
+        packages = run(["apt-ftparchive", "--db", cache, "--arch", arch, "packages",
+                        Path("pool") / target.component], cwd=target.root).stdout
+        (binary / "Packages").write_text(packages)
+        with gzip.GzipFile(binary / "Packages.gz", "wb", mtime=0) as gz:
+            gz.write(packages.encode())
+        (binary / "Packages.xz").write_bytes(lzma.compress(packages.encode()))
+
+
+def write_release(target: Target, suite_dir: Path) -> None:
+    options = {
+        "Origin": target.origin, "Label": target.origin, "Suite": target.suite, "Codename": target.suite,
+        "Architectures": " ".join(target.architectures), "Components": target.component,
+        "Description": f"{target.origin} packages",
+    }
+    argv: list[str | os.PathLike[str]] = ["apt-ftparchive"]
+    for name, value in options.items():
+        argv += ["-o", f"APT::FTPArchive::Release::{name}={value}"]
+    # Written outside suite_dir: apt-ftparchive would list a Release it finds there.
+    release = run([*argv, "release", suite_dir]).stdout
+    (suite_dir / "Release").write_text(release)
+
+
+def sign_release(target: Target, suite_dir: Path) -> None:
+    gpg: list[str | os.PathLike[str]] = ["gpg", "--batch", "--yes", "--pinentry-mode", "loopback"]
+    if target.gnupghome:
+        gpg += ["--homedir", target.gnupghome]
+    if target.key:
+        gpg += ["--local-user", target.key]
+    release = suite_dir / "Release"
+    try:
+        run([*gpg, "--clearsign", "--output", suite_dir / "InRelease", release])
+        run([*gpg, "--armor", "--detach-sign", "--output", suite_dir / "Release.gpg", release])
+    except CommandError as e:
+        raise PublishError(f"signing failed: {e.message}",
+                           hint="check --key and --gnupghome; the key must have no passphrase or a running agent") from None
+
+
+def switch_suite(target: Target, suite_dir: Path) -> None:
+    """Point dists/<suite> at the new generation with one rename(2)."""
+    dists = target.root / "dists"
+    link = dists / target.suite
+    if link.exists() and not link.is_symlink():
+        raise PublishError(f"{link} is a directory, not a generation link",
+                           hint="this repository was not written by aa-pkg publish; publish into a new directory")
+    new_link = dists / f".{target.suite}.link"
+    with contextlib.suppress(FileNotFoundError):
+        new_link.unlink()
+    new_link.symlink_to(suite_dir.name)
+    os.replace(new_link, link)
+    generations = sorted(dists.glob(f".{target.suite}.[0-9]*"), key=lambda p: p.name)
+    for old in generations[:-GENERATIONS_KEPT]:
+        shutil.rmtree(old)
+
+
+def publish(paths: Sequence[Path], target: Target) -> list[Deb]:
+    """Add the debs and re-sign the suite; returns the debs that were new."""
+    require_tools(["apt-ftparchive", "gpg"])
+    debs = [Deb.read(p) for p in paths]
+    with locked(target.root):
+        new = plan(debs, target)
+        if not new and (target.root / "dists" / target.suite).exists():
+            return []
+        copy_into_pool(new, target)
+        dists = target.root / "dists"
+        dists.mkdir(exist_ok=True)
+        suite_dir = dists / f".{target.suite}.{time.time_ns()}"
+        suite_dir.mkdir()
+        try:
+            write_indices(target, suite_dir)
+            write_release(target, suite_dir)
+            sign_release(target, suite_dir)
+        except BaseException:
+            shutil.rmtree(suite_dir)  # the served generation stays as it was
+            raise
+        switch_suite(target, suite_dir)
+    return new
+
+
+def export_key(target: Target, keyring: Path) -> None:
+    """The public key, binary, for /usr/share/keyrings (apt's Signed-By reads it)."""
+    gpg: list[str | os.PathLike[str]] = ["gpg", "--batch"]
+    if target.gnupghome:
+        gpg += ["--homedir", target.gnupghome]
+    key = run([*gpg, "--armor", "--export", *([target.key] if target.key else [])]).stdout
+    if "BEGIN PGP PUBLIC KEY BLOCK" not in key:
+        raise PublishError("gpg exported no public key", hint="check --key and --gnupghome")
+    run([*gpg, "--yes", "--dearmor", "--output", keyring], input=key)
+
+
+def sources_stanza(target: Target, url: str, keyring: str) -> str:
+    """The deb822 .sources stanza a client needs (sources.list(5))."""
+    return (f"Types: deb\nURIs: {url}\nSuites: {target.suite}\nComponents: {target.component}\n"
+            f"Signed-By: {keyring}\n")

@@ -1,0 +1,183 @@
+"""aa-pkg publish: a signed repository that real apt accepts, over real HTTP."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import subprocess
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from debian.deb822 import Packages
+
+import vm
+from aa_pkg.build import build
+from aa_pkg.config import load_config
+from aa_pkg.publish import PublishError, Target, export_key, publish, sources_stanza
+
+pytestmark = pytest.mark.tools
+
+
+def make_key(home: Path, name: str) -> str:
+    vm.require_tools("gpg")
+    home.mkdir(mode=0o700)
+    subprocess.run(["gpg", "--homedir", home, "--batch", "--passphrase", "", "--quick-gen-key",
+                    f"{name} <{name}@test.invalid>", "ed25519", "sign", "never"], check=True, capture_output=True)
+    listing = subprocess.run(["gpg", "--homedir", home, "--batch", "--with-colons", "--list-keys"],
+                             check=True, capture_output=True, text=True).stdout
+    return next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+
+
+@pytest.fixture(scope="module")
+def signing(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    home = tmp_path_factory.mktemp("gpg") / "home"
+    return home, make_key(home, "repo")
+
+
+@pytest.fixture(scope="module")
+def newer_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("newer")
+    config = work / "site.toml"
+    config.write_text('[package]\nversion = "0.2"\nchangelog = "A newer build for the upgrade test."\n')
+    return build(load_config(config), work / "out")
+
+
+def target(root: Path, signing: tuple[Path, str], suite: str = "stable") -> Target:
+    return Target(root=root, suite=suite, gnupghome=signing[0], key=signing[1])
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "link"
+            for p in sorted(root.rglob("*")) if ".aa-pkg" not in p.parts}
+
+
+def packages(root: Path, suite: str = "stable") -> list[tuple[str, str]]:
+    text = (root / "dists" / suite / "main/binary-amd64/Packages").read_text()
+    return sorted((p["Package"], p["Version"]) for p in Packages.iter_paragraphs(text, use_apt_pkg=False))
+
+
+def test_publish_keeps_versions_and_is_idempotent(tmp_path: Path, built_deb: Path, newer_deb: Path,
+                                                  signing: tuple[Path, str]) -> None:
+    repo = tmp_path / "repo"
+    assert [d.version for d in publish([built_deb], target(repo, signing))] == ["0.1"]
+    before = snapshot(repo)
+    assert publish([built_deb], target(repo, signing)) == []  # same bytes: a no-op
+    assert snapshot(repo) == before
+    publish([newer_deb], target(repo, signing))
+    assert packages(repo) == [("apparmor-fullsystem", "0.1"), ("apparmor-fullsystem", "0.2")]
+    for name in ("Release", "InRelease", "Release.gpg", "main/binary-amd64/Packages.gz",
+                 "main/binary-amd64/Packages.xz"):
+        assert (repo / "dists/stable" / name).is_file()
+    subprocess.run(["gpgv", "--keyring", signing[0] / "pubring.kbx", repo / "dists/stable/InRelease"],
+                   check=True, capture_output=True)
+
+
+def test_same_version_other_bytes_is_refused(tmp_path: Path, built_deb: Path, signing: tuple[Path, str]) -> None:
+    repo = tmp_path / "repo"
+    publish([built_deb], target(repo, signing))
+    before = snapshot(repo)
+    # The same package and version, other contents (another default stage).
+    config = tmp_path / "site.toml"
+    config.write_text('[policy]\nstage = "full"\n')
+    impostor = build(load_config(config), tmp_path / "impostor")
+    assert impostor.name == built_deb.name and impostor.read_bytes() != built_deb.read_bytes()
+    with pytest.raises(PublishError, match="already published .* with different contents") as caught:
+        publish([impostor], target(repo, signing))
+    assert caught.value.hint is not None and "bump the version" in caught.value.hint
+    assert snapshot(repo) == before
+
+
+def test_failed_signing_leaves_the_served_indices(tmp_path: Path, built_deb: Path, newer_deb: Path,
+                                                  signing: tuple[Path, str]) -> None:
+    repo = tmp_path / "repo"
+    publish([built_deb], target(repo, signing))
+    served = snapshot(repo / "dists")
+    with pytest.raises(PublishError, match="signing failed"):
+        publish([newer_deb], Target(root=repo, gnupghome=signing[0], key="0000000000000000DEADBEEF"))
+    assert snapshot(repo / "dists") == served
+    assert packages(repo) == [("apparmor-fullsystem", "0.1")]
+
+
+def test_concurrent_publishes_do_not_corrupt(tmp_path: Path, built_deb: Path, newer_deb: Path,
+                                             signing: tuple[Path, str]) -> None:
+    repo = tmp_path / "repo"
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda deb: publish([deb], target(repo, signing)), [built_deb, newer_deb] * 4))
+    assert packages(repo) == [("apparmor-fullsystem", "0.1"), ("apparmor-fullsystem", "0.2")]
+    subprocess.run(["gpgv", "--keyring", signing[0] / "pubring.kbx", repo / "dists/stable/InRelease"],
+                   check=True, capture_output=True)
+
+
+@pytest.fixture
+def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A real HTTP server on 127.0.0.1 serving tmp_path/www."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def apt(machine: vm.Machine, *args: str) -> subprocess.CompletedProcess[str]:
+    # Only our repository: apt's verdict on it, not on a Debian mirror.
+    only_ours = ["-o", "Dir::Etc::SourceList=/etc/apt/sources.list.d/internal.sources",
+                 "-o", "Dir::Etc::SourceParts=/nonexistent"]
+    return machine.chroot_run(["apt-get", *only_ours, *args], check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suite", vm.SUITES)
+def test_apt_installs_and_upgrades_over_http(suite: str, tmp_path: Path, http_root: tuple[Path, str],
+                                             built_deb: Path, newer_deb: Path, signing: tuple[Path, str]) -> None:
+    vm.require_tools("mmdebstrap")
+    vm.require_root()
+    www, url = http_root
+    repo = www / "good"
+    good = target(repo, signing, suite)
+    publish([built_deb], good)
+
+    machine = vm.Machine.create(suite, tmp_path / "machine")
+    export_key(good, machine.root / "usr/share/keyrings/internal-archive-keyring.gpg")
+    sources = machine.root / "etc/apt/sources.list.d/internal.sources"
+    sources.write_text(sources_stanza(good, f"{url}/good", "/usr/share/keyrings/internal-archive-keyring.gpg"))
+
+    update = apt(machine, "update")
+    assert update.returncode == 0, update.stdout
+    install = apt(machine, "install", "-y", "apparmor-fullsystem")
+    assert install.returncode == 0, install.stdout
+    assert "Processing triggers for initramfs-tools" in install.stdout
+
+    publish([newer_deb], good)
+    assert apt(machine, "update").returncode == 0
+    upgrade = apt(machine, "upgrade", "-y")
+    assert upgrade.returncode == 0, upgrade.stdout
+    version = machine.chroot_run(["dpkg-query", "-W", "-f", "${Version}", "apparmor-fullsystem"]).stdout
+    assert version == "0.2"
+
+    # A tampered Packages file: the signed Release no longer matches it.
+    packages_file = repo / "dists" / suite / "main/binary-amd64/Packages"
+    for compressed in ("Packages.gz", "Packages.xz"):
+        (packages_file.parent / compressed).unlink()
+    packages_file.write_text(packages_file.read_text().replace("Version: 0.2", "Version: 0.3"))
+    machine.chroot_run(["rm", "-rf", "/var/lib/apt/lists"])
+    tampered = apt(machine, "update")
+    assert tampered.returncode != 0, tampered.stdout
+    assert "Hash Sum mismatch" in tampered.stdout or "File has unexpected size" in tampered.stdout, tampered.stdout
+
+    # A repository signed with a key the client does not trust.
+    other = www / "other"
+    other_key = make_key(tmp_path / "other-gpg", "intruder")
+    publish([built_deb], Target(root=other, suite=suite, gnupghome=tmp_path / "other-gpg", key=other_key))
+    sources.write_text(sources_stanza(good, f"{url}/other", "/usr/share/keyrings/internal-archive-keyring.gpg"))
+    intruder = apt(machine, "update")
+    assert intruder.returncode != 0, intruder.stdout
+    assert "NO_PUBKEY" in intruder.stdout or "not signed" in intruder.stdout, intruder.stdout
