@@ -144,7 +144,9 @@ def write_indices(target: Target, suite_dir: Path) -> None:
         (binary / "Packages").write_text(packages)
         with gzip.GzipFile(binary / "Packages.gz", "wb", mtime=0) as gz:
             gz.write(packages.encode())
-        (binary / "Packages.xz").write_bytes(lzma.compress(packages.encode()))
+        # Preset 1: xz's default (6) spends most of a publish setting up a
+        # large dictionary that an index of a few hundred kB does not use.
+        (binary / "Packages.xz").write_bytes(lzma.compress(packages.encode(), preset=1))
 
 
 def write_release(target: Target, suite_dir: Path) -> None:
