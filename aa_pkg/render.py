@@ -112,8 +112,10 @@ def shipped_files(paths: Paths) -> list[Shipped]:
 
 
 # Maintainer scripts go into debian/<package>.<name>, where dh_installdeb adds
-# the debhelper snippets (#DEBHELPER#) and installs them into the control area.
+# the debhelper snippets and installs them into the control area, as it does
+# with the triggers file.
 MAINTAINER_SCRIPTS = ("postinst", "postrm")
+CONTROL_FILES = ("triggers",)
 
 
 def shquote(value: Any) -> str:
@@ -167,3 +169,5 @@ def render_package(config: Config, tree: Path, debian_dir: Path) -> None:
     for script in MAINTAINER_SCRIPTS:
         text = env.get_template(f"{script}.sh.j2").render(values)
         _write(debian_dir / f"{config.package}.{script}", text, 0o755)
+    for name in CONTROL_FILES:
+        _write(debian_dir / f"{config.package}.{name}", env.get_template(f"{name}.j2").render(values), 0o644)

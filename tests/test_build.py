@@ -46,7 +46,10 @@ def test_package_layout(built_deb: Path) -> None:
     assert "./etc/apparmor-fullsystem/policy.d" in files
     assert all(owner == "root/root" for _, owner in files.values())
     scripts = control_files(built_deb)
-    assert scripts["triggers"].strip().endswith(b"activate-noawait update-initramfs")
+    triggers = [line.split("#")[0].strip() for line in scripts["triggers"].decode().splitlines()]
+    assert set(filter(None, triggers)) == {"activate-noawait update-initramfs",
+                                           "interest-noawait /usr/share/apparmor-fullsystem/policy.d",
+                                           "interest-noawait /etc/apparmor-fullsystem/policy.d"}
     assert scripts["conffiles"].split() == [b"/etc/apparmor.d/fullsystem-init"]
     # dh_apparmor's reload, after our own state handling
     postinst = scripts["postinst"].decode()

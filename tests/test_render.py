@@ -10,7 +10,7 @@ import pytest
 
 import vm
 from aa_pkg.config import Config, Mode, Stage
-from aa_pkg.render import MAINTAINER_SCRIPTS, TEMPLATES, Paths, environment, render_package, shipped_files
+from aa_pkg.render import CONTROL_FILES, MAINTAINER_SCRIPTS, TEMPLATES, Paths, environment, render_package, shipped_files
 from aa_pkg.run import run
 
 INITRAMFS_NAME = r"[A-Za-z0-9_-]+"  # initramfs-tools(7): other names are skipped silently
@@ -43,7 +43,8 @@ def test_initramfs_script_names_are_valid() -> None:
 
 
 def test_every_template_is_shipped() -> None:
-    used = {s.template for s in shipped_files(Paths("p", "q"))} | {f"{s}.sh.j2" for s in MAINTAINER_SCRIPTS}
+    used = {s.template for s in shipped_files(Paths("p", "q"))} | {f"{s}.sh.j2" for s in MAINTAINER_SCRIPTS} \
+        | {f"{c}.j2" for c in CONTROL_FILES}
     assert used == {p.name for p in TEMPLATES.glob("*.j2")}
 
 
@@ -73,7 +74,7 @@ def test_defaults_follow_the_config(tmp_path: Path) -> None:
 def shell_files(tree: Path, debian: Path) -> list[Path]:
     from aa_pkg.check import shell_scripts
 
-    return shell_scripts(tree) + sorted(debian.iterdir())
+    return shell_scripts(tree) + sorted(p for p in debian.iterdir() if p.suffix[1:] in MAINTAINER_SCRIPTS)
 
 
 @pytest.mark.tools
