@@ -1,4 +1,4 @@
-"""Shared fixtures: the .deb built once per session, both ways."""
+"""Shared fixtures: the .debs built once per session, and a signing key."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from aa_pkg.build import build
+from aa_pkg.config import Config, load_config
 
 import vm
 
@@ -17,9 +20,6 @@ REPO = Path(__file__).resolve().parent.parent
 def built_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`aa-pkg build` with the default settings: the package every test installs."""
     vm.require_tools("dpkg-buildpackage", "dh", "dh_apparmor", "apparmor_parser")
-    from aa_pkg.build import build
-    from aa_pkg.config import Config
-
     return build(Config(), tmp_path_factory.mktemp("aa-pkg-build"))
 
 
@@ -46,3 +46,27 @@ def root_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
                    capture_output=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"})
     (deb,) = work.glob("*.deb")
     return deb
+
+
+def make_key(home: Path, name: str) -> str:
+    vm.require_tools("gpg")
+    home.mkdir(mode=0o700)
+    subprocess.run(["gpg", "--homedir", home, "--batch", "--passphrase", "", "--quick-gen-key",
+                    f"{name} <{name}@test.invalid>", "ed25519", "sign", "never"], check=True, capture_output=True)
+    listing = subprocess.run(["gpg", "--homedir", home, "--batch", "--with-colons", "--list-keys"],
+                             check=True, capture_output=True, text=True).stdout
+    return next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+
+
+@pytest.fixture(scope="session")
+def signing(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    home = tmp_path_factory.mktemp("gpg") / "home"
+    return home, make_key(home, "repo")
+
+
+@pytest.fixture(scope="session")
+def newer_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("newer")
+    config = work / "site.toml"
+    config.write_text('[package]\nversion = "0.2"\nchangelog = "A newer build for the upgrade test."\n')
+    return build(load_config(config), work / "out")

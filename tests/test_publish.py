@@ -15,35 +15,12 @@ import pytest
 from debian.deb822 import Packages
 
 import vm
+from conftest import make_key
 from aa_pkg.build import build
 from aa_pkg.config import load_config
 from aa_pkg.publish import PublishError, Target, export_key, publish, sources_stanza
 
 pytestmark = pytest.mark.tools
-
-
-def make_key(home: Path, name: str) -> str:
-    vm.require_tools("gpg")
-    home.mkdir(mode=0o700)
-    subprocess.run(["gpg", "--homedir", home, "--batch", "--passphrase", "", "--quick-gen-key",
-                    f"{name} <{name}@test.invalid>", "ed25519", "sign", "never"], check=True, capture_output=True)
-    listing = subprocess.run(["gpg", "--homedir", home, "--batch", "--with-colons", "--list-keys"],
-                             check=True, capture_output=True, text=True).stdout
-    return next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
-
-
-@pytest.fixture(scope="module")
-def signing(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    home = tmp_path_factory.mktemp("gpg") / "home"
-    return home, make_key(home, "repo")
-
-
-@pytest.fixture(scope="module")
-def newer_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = tmp_path_factory.mktemp("newer")
-    config = work / "site.toml"
-    config.write_text('[package]\nversion = "0.2"\nchangelog = "A newer build for the upgrade test."\n')
-    return build(load_config(config), work / "out")
 
 
 def target(root: Path, signing: tuple[Path, str], suite: str = "stable") -> Target:
