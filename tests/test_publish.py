@@ -158,3 +158,22 @@ def test_apt_installs_and_upgrades_over_http(suite: str, tmp_path: Path, http_ro
     intruder = apt(machine, "update")
     assert intruder.returncode != 0, intruder.stdout
     assert "NO_PUBKEY" in intruder.stdout or "not signed" in intruder.stdout, intruder.stdout
+
+
+def test_cli_publish_and_client_config(tmp_path: Path, built_deb: Path, signing: tuple[Path, str]) -> None:
+    from test_main import aa_pkg
+
+    repo, keyring = tmp_path / "repo", tmp_path / "keyring.gpg"
+    common = ["--repo", str(repo), "--suite", "bookworm", "--gnupghome", str(signing[0]), "--key", signing[1]]
+    published = aa_pkg("publish", str(built_deb), *common, cwd=tmp_path)
+    assert published.stdout == "published apparmor-fullsystem 0.1\n", published.stderr
+    again = aa_pkg("publish", str(built_deb), *common, cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.startswith("nothing new")
+    client = aa_pkg("client-config", *common, "--url", "http://apt.example.org/", "--keyring-out", str(keyring),
+                    cwd=tmp_path)
+    assert client.stdout == ("Types: deb\nURIs: http://apt.example.org/\nSuites: bookworm\nComponents: main\n"
+                             "Signed-By: /usr/share/keyrings/apparmor-fullsystem-archive-keyring.gpg\n")
+    # The exported keyring verifies the published Release, as apt's gpgv would.
+    subprocess.run(["gpgv", "--keyring", keyring, repo / "dists/bookworm/InRelease"], check=True, capture_output=True)
+    bad = aa_pkg("publish", str(built_deb), "--repo", str(repo), "--suite", "Bad Suite", cwd=tmp_path)
+    assert bad.returncode == 1 and bad.stderr.startswith("aa-pkg: error: suite 'Bad Suite' is not allowed")
