@@ -21,11 +21,10 @@ def read_config(path: Path | None) -> Config:
 
 
 def cmd_build(args: argparse.Namespace) -> None:
-    from aa_pkg.build import build  # needs sh and python-debian; render does not
+    from aa_pkg.build import build_packages  # needs sh and python-debian; render does not
 
-    config = read_config(args.config)
-    deb = build(config, args.out)
-    print(deb)
+    for deb in build_packages(read_config(args.config), args.out):
+        print(deb)
 
 
 def cmd_render(args: argparse.Namespace) -> None:
@@ -84,7 +83,7 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--config", type=Path, help="site settings (TOML); see README.md, 'Site variants'")
         return p
 
-    p = add("build", "build the .deb (the standard package, or a site variant with --config)")
+    p = add("build", "build the .deb (the standard package, or a site variant and/or site policy with --config)")
     p.add_argument("--out", type=Path, default=Path("dist"), help="output directory (default: dist/)")
     p.set_defaults(func=cmd_build)
 

@@ -3,6 +3,7 @@ dh_auto_test) so both build paths refuse a package that would not work."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from aa_pkg.config import Config
@@ -30,15 +31,35 @@ def shell_scripts(tree: Path) -> list[Path]:
     return scripts
 
 
-def check_policy(config: Config, tree: Path) -> None:
-    """apparmor_parser -Q on every profile: the parser's message names file and line."""
+def parser_errors(output: str) -> str:
+    """The parser's own error lines ("... for FILE ... at line N: ..."), on one line.
+
+    It also warns on stderr when it cannot use a cache (even with --skip-cache
+    and --quiet); that is not why a profile failed.
+    """
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    return "; ".join(errors or lines[-1:]) or "no message"
+
+
+def check_profiles(profiles: Iterable[Path], include_dirs: Iterable[Path] = ()) -> None:
+    """Compile every profile without loading it: a failure names the file and the parser's line.
+
+    include_dirs come before /etc/apparmor.d in the parser's search path, for
+    files the package ships there itself (the init profiles' ABI).
+    """
     require_tools(["apparmor_parser"])
-    for profile in shipped_profiles(config, tree):
+    includes = [arg for directory in include_dirs for arg in ("--Include", str(directory))]
+    for profile in profiles:
         try:
-            run(["apparmor_parser", "--skip-kernel-load", "--skip-cache", "--quiet", "--", profile])
+            run(["apparmor_parser", "--skip-kernel-load", "--skip-cache", "--quiet", *includes, "--", profile])
         except CommandError as e:
-            raise PolicyError(f"{profile.name}: does not compile: {e.message}",
+            raise PolicyError(f"{profile}: does not compile: {parser_errors(e.output)}",
                               hint="fix the profile; apparmor_parser names the line") from None
+
+
+def check_policy(config: Config, tree: Path) -> None:
+    check_profiles(shipped_profiles(config, tree), include_dirs=[tree / "etc/apparmor.d"])
 
 
 def check_scripts(tree: Path) -> None:

@@ -46,6 +46,9 @@ DISTRIBUTION_RE = re.compile(r"[a-z0-9][a-z0-9.-]*")
 # dotfiles and dpkg/rpm leftovers), restricted to shell-safe characters.
 PROFILE_FILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 PROFILE_FILE_SKIPPED_SUFFIXES = (".dpkg-new", ".dpkg-old", ".dpkg-dist", ".dpkg-bak", ".rpmnew", ".rpmsave", "~")
+# A Description synopsis (Debian Policy 3.4.1): one line, under 80 characters.
+# It lands in debian/control, where a newline would start another field.
+SYNOPSIS_RE = re.compile(r"[^\s\x00-\x1f\x7f](?:[^\x00-\x1f\x7f]{0,78}[^\s\x00-\x1f\x7f])?")
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,19 @@ class Changelog:
 
 
 @dataclass(frozen=True)
+class SitePolicy:
+    """A package of site profiles for the main package's policy.d (README.md, "Site policy packages")."""
+
+    package: str
+    version: str
+    profiles: tuple[Path, ...]
+    depends_on: str = DEFAULT_PACKAGE  # the main package: its policy.d is where the profiles go
+    description: str | None = None  # the synopsis; None: one naming depends_on
+    maintainer: str | None = None  # None: debian/control's
+    date: datetime.datetime | None = None  # None: debian/changelog's (reproducible)
+
+
+@dataclass(frozen=True)
 class Config:
     package: str = DEFAULT_PACKAGE
     maintainer: str | None = None  # None: keep debian/control's
@@ -67,11 +83,13 @@ class Config:
     mode: Mode = Mode.COMPLAIN
     profile_name: str = DEFAULT_PROFILE
     extra_profiles: tuple[Path, ...] = field(default=())
+    site_policy: SitePolicy | None = None  # [site_policy]: a separate package, built by `aa-pkg build` too
     source: Path | None = None  # the file this was read from, for messages
 
     @property
     def is_default(self) -> bool:
-        return replace(self, source=None) == Config()
+        """True when the main package is the standard one (whatever else the file builds)."""
+        return replace(self, source=None, site_policy=None) == Config()
 
 
 def _fail(where: str, message: str, hint: str) -> ConfigError:
@@ -101,7 +119,7 @@ def _datetime(where: str, value: Any) -> datetime.datetime:
     raise _fail(where, f"{value!r} is not a TOML date", "write a bare date such as 2026-11-25 (no quotes)")
 
 
-def _profile_dir(where: str, value: Any, base: Path) -> tuple[Path, ...]:
+def _profile_dir(where: str, value: Any, base: Path, empty_hint: str) -> tuple[Path, ...]:
     directory = base / _string(where, value, None, "give a directory of AppArmor profiles, relative to the config file")
     if not directory.is_dir():
         raise _fail(where, f"{directory} is not a directory", "create it or fix the path (relative to the config file)")
@@ -117,7 +135,7 @@ def _profile_dir(where: str, value: Any, base: Path) -> tuple[Path, ...]:
             raise _fail(where, f"{path} is not a regular file", "replace the link or special file by a regular file")
         profiles.append(path)
     if not profiles:
-        raise _fail(where, f"{directory} contains no profiles", "add profiles or remove the extra_profiles key")
+        raise _fail(where, f"{directory} contains no profiles", empty_hint)
     return tuple(profiles)
 
 
@@ -139,9 +157,24 @@ SCHEMA: dict[str, dict[str, _Parser]] = {
         "mode": lambda w, v, b: _choice(w, v, Mode),
         "profile_name": lambda w, v, b: _string(w, v, PROFILE_NAME_RE,
                                                 "start with a lower-case letter; use a-z, 0-9, '_' and '-'"),
-        "extra_profiles": lambda w, v, b: _profile_dir(w, v, b),
+        "extra_profiles": lambda w, v, b: _profile_dir(w, v, b, "add profiles or remove the extra_profiles key"),
+    },
+    "site_policy": {
+        "package": lambda w, v, b: _string(w, v, PACKAGE_NAME_RE,
+                                           "use lower-case letters, digits and '-' (2 to 63 characters)"),
+        "version": lambda w, v, b: _string(w, v, NATIVE_VERSION_RE,
+                                           "use a Debian version without a '-revision', e.g. '1.0'"),
+        "profiles": lambda w, v, b: _profile_dir(w, v, b, "add the profiles the package ships"),
+        "depends_on": lambda w, v, b: _string(w, v, PACKAGE_NAME_RE,
+                                              "name the main package, e.g. 'apparmor-fullsystem'"),
+        "description": lambda w, v, b: _string(w, v, SYNOPSIS_RE,
+                                               "write one line of at most 80 characters, no control characters"),
+        "maintainer": lambda w, v, b: _string(w, v, MAINTAINER_RE, "write it as 'Full Name <address@example.org>'"),
+        "date": lambda w, v, b: _datetime(w, v),
     },
 }
+# Keys a [site_policy] table cannot do without, with an example value.
+SITE_POLICY_REQUIRED = {"package": "'site-policy-acme'", "version": "'1.0'", "profiles": "'profiles/'"}
 
 
 def _known(keys: Any) -> str:
@@ -169,7 +202,30 @@ def load_config(path: Path) -> Config:
             if key not in SCHEMA[section]:
                 raise _fail(where, "unknown key", f"known keys in [{section}]: {_known(SCHEMA[section])}")
             values[section][key] = SCHEMA[section][key](where, value, path.parent)
-    return _assemble(path, values.get("package", {}), values.get("policy", {}))
+    config = _assemble(path, values.get("package", {}), values.get("policy", {}))
+    if "site_policy" in values:
+        config = replace(config, site_policy=_site_policy(path, values["site_policy"], config))
+    return config
+
+
+def _site_policy(path: Path, table: dict[str, Any], config: Config) -> SitePolicy:
+    for key, example in SITE_POLICY_REQUIRED.items():
+        if key not in table:
+            raise _fail(f"{path}: [site_policy] {key}", "missing", f"add {key} = {example} to [site_policy]")
+    site = SitePolicy(
+        package=table["package"],
+        version=table["version"],
+        profiles=table["profiles"],
+        # The main package of this file (a variant's name when [package] sets one).
+        depends_on=table.get("depends_on", config.package),
+        description=table.get("description"),
+        maintainer=table.get("maintainer", config.maintainer),
+        date=table.get("date"),
+    )
+    if site.package in {site.depends_on, config.package}:
+        raise _fail(f"{path}: [site_policy] package", f"{site.package!r} is the name of the main package",
+                    "give the site policy package a name of its own, e.g. 'site-policy-acme'")
+    return site
 
 
 def _assemble(path: Path, package: dict[str, Any], policy: dict[str, Any]) -> Config:

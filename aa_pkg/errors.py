@@ -21,7 +21,11 @@ class ToolMissingError(AaPkgError):
 
 
 class CommandError(AaPkgError):
-    """An external command ran and failed."""
+    """An external command ran and failed; `output` is the end of what it printed."""
+
+    def __init__(self, message: str, hint: str | None = None, output: str = "") -> None:
+        super().__init__(message, hint)
+        self.output = output
 
 
 class PolicyError(AaPkgError):

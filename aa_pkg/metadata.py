@@ -1,6 +1,7 @@
 """Debian metadata of a site variant, written through python-debian:
 debian/control (deb822), debian/changelog (Changelog) and the settings file
-debian/rules hands to the renderer."""
+debian/rules hands to the renderer; and the control and changelog of a site
+policy package."""
 
 from __future__ import annotations
 
@@ -8,13 +9,17 @@ import datetime
 import email.utils
 import json
 import shutil
+import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 from debian.changelog import Changelog, format_date
 from debian.deb822 import Deb822
 
-from aa_pkg.config import DEFAULT_PACKAGE, Config
+from aa_pkg.config import DEFAULT_PACKAGE, Config, SitePolicy
 from aa_pkg.errors import ConfigError
+from aa_pkg.render import Paths
+from aa_pkg.source import debian_skeleton
 
 SITE_CONFIG = "aa-pkg.toml"  # debian/rules passes it to `aa_pkg render` when present
 SITE_PROFILES = "site-profiles"
@@ -90,3 +95,73 @@ def apply_config(config: Config, source: Path) -> None:
     add_changelog_entry(config, debian / "changelog")
     rewrite_control(config, debian / "control")
     write_site_config(config, debian)
+
+
+def _skeleton() -> tuple[Deb822, Changelog]:
+    """The main package's debian/control source paragraph and debian/changelog."""
+    skeleton = debian_skeleton()
+    source = next(Deb822.iter_paragraphs((skeleton / "control").read_text(), use_apt_pkg=False))
+    return source, Changelog((skeleton / "changelog").read_text())
+
+
+def complete_site_policy(site: SitePolicy) -> SitePolicy:
+    """Fill in what the settings left out from the main package's debian/: its
+    maintainer, and its changelog date, so that two builds are byte-identical."""
+    source, changelog = _skeleton()
+    return replace(site, maintainer=site.maintainer or source["Maintainer"],
+                   date=site.date or email.utils.parsedate_to_datetime(changelog.date))
+
+
+def site_policy_description(site: SitePolicy) -> str:
+    """Synopsis, then the extended description (Debian Policy 5.6.13)."""
+    synopsis = site.description or f"site AppArmor profiles for {site.depends_on}"
+    names = ", ".join(p.name for p in site.profiles)
+    paragraphs = [
+        (f"These AppArmor profiles are installed into {Paths(site.depends_on).vendor_policy}/, from where "
+         f"{site.depends_on} loads them from the initramfs, before init runs. Installing, upgrading or "
+         f"removing this package rebuilds the initramfs (a file trigger of {site.depends_on})."),
+        f"Profile files: {names}.",
+    ]
+    body = "\n.\n".join(textwrap.fill(p, 72, break_long_words=False, break_on_hyphens=False)
+                         for p in paragraphs)
+    return synopsis + "".join(f"\n {line}" for line in body.splitlines())
+
+
+def write_site_policy_control(site: SitePolicy, control: Path) -> None:
+    main, _ = _skeleton()
+    assert site.maintainer is not None, "complete_site_policy first"
+    source = Deb822()
+    source["Source"] = site.package
+    source["Section"] = "admin"
+    source["Priority"] = "optional"
+    source["Maintainer"] = site.maintainer
+    source["Build-Depends"] = "debhelper-compat (= 13)"
+    source["Standards-Version"] = main["Standards-Version"]
+    source["Rules-Requires-Root"] = "no"
+    binary = Deb822()
+    binary["Package"] = site.package
+    binary["Architecture"] = "all"
+    # The plugin directory and its file trigger belong to the main package.
+    binary["Depends"] = f"{site.depends_on}, ${{misc:Depends}}"
+    binary["Description"] = site_policy_description(site)
+    control.write_text("\n".join(p.dump() for p in (source, binary)))
+
+
+def write_site_policy_changelog(site: SitePolicy, changelog_path: Path) -> None:
+    _, main = _skeleton()
+    assert site.maintainer is not None and site.date is not None, "complete_site_policy first"
+    changelog = Changelog()
+    changelog.new_block(
+        package=site.package,
+        version=site.version,
+        distributions=main.distributions,
+        urgency="medium",
+        author=site.maintainer,
+        date=format_date(site.date.timestamp(), localtime=False),
+    )
+    changelog.add_change("")
+    text = f"Site AppArmor profiles for {site.depends_on}: {', '.join(p.name for p in site.profiles)}."
+    changelog.add_change(textwrap.fill(text, 78, initial_indent="  * ", subsequent_indent="    ",
+                                       break_long_words=False, break_on_hyphens=False))
+    changelog.add_change("")
+    changelog_path.write_text(str(changelog))

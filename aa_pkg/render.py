@@ -8,14 +8,16 @@ with Debian's python3 and the packages listed in Build-Depends.
 
 from __future__ import annotations
 
+import email.utils
 import shlex
+import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import jinja2
 
-from aa_pkg.config import Config
+from aa_pkg.config import DEFAULT_PROFILE, Config, SitePolicy
 
 TEMPLATES = Path(__file__).parent / "templates"
 KERNEL_PARAMETER = "aa_fullsystem"  # our own escape hatch; the same in every site variant
@@ -26,7 +28,7 @@ class Paths:
     """Where things live on the target system, derived from the package and profile names."""
 
     package: str
-    profile: str
+    profile: str = DEFAULT_PROFILE
 
     @property
     def share(self) -> PurePosixPath:
@@ -171,3 +173,41 @@ def render_package(config: Config, tree: Path, debian_dir: Path) -> None:
         _write(debian_dir / f"{config.package}.{script}", text, 0o755)
     for name in CONTROL_FILES:
         _write(debian_dir / f"{config.package}.{name}", env.get_template(f"{name}.j2").render(values), 0o644)
+
+
+# The source tree of a site policy package, besides debian/control and
+# debian/changelog (aa_pkg.metadata): template, path in the source, mode.
+SITE_POLICY_SOURCE = (
+    Shipped("site-policy/rules.j2", PurePosixPath("debian/rules"), 0o755),
+    Shipped("site-policy/install.j2", PurePosixPath("debian/install"), 0o644),
+    Shipped("site-policy/copyright.j2", PurePosixPath("debian/copyright"), 0o644),
+    Shipped("site-policy/format.j2", PurePosixPath("debian/source/format"), 0o644),
+)
+SITE_POLICY_PROFILES = "profiles"  # where the profiles sit in that source
+
+
+def site_policy_context(site: SitePolicy) -> dict[str, Any]:
+    # aa_pkg.metadata.complete_site_policy fills these in from debian/.
+    assert site.maintainer is not None and site.date is not None, "site policy settings not completed"
+    return {
+        "package": site.package,
+        "depends_on": site.depends_on,
+        "policy_dir": Paths(site.depends_on).vendor_policy,
+        "profiles": [p.name for p in site.profiles],
+        "profiles_dir": SITE_POLICY_PROFILES,
+        "year": site.date.year,
+        "holder": email.utils.parseaddr(site.maintainer)[0],
+    }
+
+
+def render_site_policy(site: SitePolicy, source: Path) -> None:
+    """Write the generated source of a site policy package (but its control and changelog) under `source`."""
+    env = environment()
+    values = site_policy_context(site)
+    for generated in SITE_POLICY_SOURCE:
+        _write(source / generated.destination, env.get_template(generated.template).render(values), generated.mode)
+    for profile in site.profiles:
+        target = source / SITE_POLICY_PROFILES / profile.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(profile, target)  # the bytes as written: the parser checked these
+        target.chmod(0o644)  # dh_install keeps the mode; policy files are data (Debian Policy 10.9)

@@ -107,5 +107,6 @@ def run(
     except sh.ErrorReturnCode as e:
         output = (e.stderr or b"").decode(errors="replace").strip() or (e.stdout or b"").decode(errors="replace").strip()
         tail = "\n".join(output.splitlines()[-STDERR_TAIL_LINES:])
-        raise CommandError(f"{shlex.join(args)} failed with exit status {e.exit_code}:\n{tail}") from None
+        raise CommandError(f"{shlex.join(args)} failed with exit status {e.exit_code}:\n{tail}",
+                           output=tail) from None
     return Result(stdout=cmd.stdout.decode(errors="replace"), stderr=cmd.stderr.decode(errors="replace"))

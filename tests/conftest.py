@@ -70,3 +70,61 @@ def newer_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = work / "site.toml"
     config.write_text('[package]\nversion = "0.2"\nchangelog = "A newer build for the upgrade test."\n')
     return build(load_config(config), work / "out")
+
+
+@pytest.fixture(scope="session")
+def broken_full_deb(newer_deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Version 0.3: the 0.2 package, repacked with a full profile that does not compile.
+
+    What an upgrade looks like when its new full profile (a conffile) fails on
+    a machine's parser. Repacked with dpkg-deb rather than built, because no
+    setting of aa-pkg can (or should) produce a profile that does not compile.
+    """
+    vm.require_tools("dpkg-deb")
+    work = tmp_path_factory.mktemp("broken")
+    tree = work / "tree"
+    subprocess.run(["dpkg-deb", "-R", newer_deb, tree], check=True)
+    profile = tree / "etc/apparmor.d/fullsystem-init"
+    text = profile.read_text()
+    end = text.rstrip().rindex("}")
+    profile.write_text(text[:end] + "  this is not a rule,\n" + text[end:])
+    control = tree / "DEBIAN/control"
+    control.write_text(control.read_text().replace("Version: 0.2\n", "Version: 0.3\n"))
+    assert "Version: 0.3\n" in control.read_text()
+    # dh_md5sums leaves conffiles out of md5sums (dpkg keeps their sums in
+    # the conffiles database), so nothing else needs updating.
+    assert "etc/apparmor.d/fullsystem-init" not in (tree / "DEBIAN/md5sums").read_text()
+    deb = work / "apparmor-fullsystem_0.3_all.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", tree, deb], check=True, capture_output=True)
+    return deb
+
+
+# The site policy package a VM test installs to see a site profile loaded at
+# boot: its profile is named SITE_PROBE_PROFILE, attaches to SITE_PROBE_PATH
+# and is in complain mode, so loading it restricts nothing.
+SITE_PROBE_PACKAGE = "site-policy-probe"
+SITE_PROBE_PROFILE = "aafs-site-probe"
+SITE_PROBE_PATH = "/usr/local/bin/aafs-site-probe"
+SITE_PROBE_FILE = "usr.local.bin.aafs-site-probe"  # in /usr/share/apparmor-fullsystem/policy.d/
+
+
+@pytest.fixture(scope="session")
+def site_policy_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`aa-pkg build` of a [site_policy] config: SITE_PROBE_PACKAGE 1.0, for apparmor-fullsystem."""
+    from aa_pkg.build import build_packages
+
+    vm.require_tools("dpkg-buildpackage", "dh", "apparmor_parser")
+    work = tmp_path_factory.mktemp("site-policy-probe")
+    (work / "profiles").mkdir()
+    (work / "profiles" / SITE_PROBE_FILE).write_text(f"""abi <abi/3.0>,
+include <tunables/global>
+
+profile {SITE_PROBE_PROFILE} {SITE_PROBE_PATH} flags=(complain) {{
+  include <abstractions/base>
+  {SITE_PROBE_PATH} mr,
+}}
+""")
+    config = work / "policy.toml"
+    config.write_text(f'[site_policy]\npackage = "{SITE_PROBE_PACKAGE}"\nversion = "1.0"\nprofiles = "profiles"\n')
+    (deb,) = build_packages(load_config(config), work / "out")
+    return deb
