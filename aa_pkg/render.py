@@ -59,6 +59,12 @@ class Paths:
         return PurePosixPath("/etc/apparmor.d") / self.profile
 
     @property
+    def init_abi(self) -> PurePosixPath:
+        # Found by `abi <abi/NAME>,` through the parser's include search
+        # path, which starts at /etc/apparmor.d (apparmor.d(5), "abi").
+        return PurePosixPath("/etc/apparmor.d/abi") / self.package
+
+    @property
     def force_complain(self) -> PurePosixPath:
         # apparmor_parser loads a profile in complain mode when a file of the
         # same name exists here (apparmor.d(5), "force-complain").
@@ -108,6 +114,7 @@ def shipped_files(paths: Paths) -> list[Shipped]:
         Shipped("defaults.j2", paths.defaults, 0o644),
         Shipped("init-stub.apparmor.j2", paths.stub_profile, 0o644),
         Shipped("init-full.apparmor.j2", paths.full_profile, 0o644),
+        Shipped("init.abi.j2", paths.init_abi, 0o644),
         Shipped("aa-fullsystem.sh.j2", PurePosixPath("/usr/sbin/aa-fullsystem"), 0o755),
         Shipped("aa-fullsystem.8.j2", PurePosixPath("/usr/share/man/man8/aa-fullsystem.8"), 0o644),
     ]

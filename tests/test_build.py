@@ -50,7 +50,8 @@ def test_package_layout(built_deb: Path) -> None:
     assert set(filter(None, triggers)) == {"activate-noawait update-initramfs",
                                            "interest-noawait /usr/share/apparmor-fullsystem/policy.d",
                                            "interest-noawait /etc/apparmor-fullsystem/policy.d"}
-    assert scripts["conffiles"].split() == [b"/etc/apparmor.d/fullsystem-init"]
+    assert sorted(scripts["conffiles"].split()) == [b"/etc/apparmor.d/abi/apparmor-fullsystem",
+                                                    b"/etc/apparmor.d/fullsystem-init"]
     # dh_apparmor's reload, after our own state handling
     postinst = scripts["postinst"].decode()
     assert postinst.index("aafs_sync_force_complain") < postinst.index("apparmor_parser -r -T -W")

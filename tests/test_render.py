@@ -94,7 +94,8 @@ def test_profiles_compile_with_the_parser(rendered: tuple[Path, Path]) -> None:
     vm.require_tools("apparmor_parser")
     tree, _ = rendered
     for profile in (tree / "usr/share/apparmor-fullsystem/init-stub", tree / "etc/apparmor.d/fullsystem-init"):
-        run(["apparmor_parser", "--skip-kernel-load", "--skip-cache", "--quiet", profile])
+        run(["apparmor_parser", "--skip-kernel-load", "--skip-cache", "--quiet",
+             "--Include", tree / "etc/apparmor.d", profile])
 
 
 @pytest.mark.tools
@@ -104,7 +105,8 @@ def test_stub_and_full_profile_share_the_name_and_attachment(rendered: tuple[Pat
     tree, _ = rendered
 
     def names(profile: Path) -> str:
-        return run(["apparmor_parser", "--skip-kernel-load", "--skip-cache", "--names", profile]).stdout
+        return run(["apparmor_parser", "--skip-kernel-load", "--skip-cache", "--names",
+                    "--Include", tree / "etc/apparmor.d", profile]).stdout
 
     assert names(tree / "usr/share/apparmor-fullsystem/init-stub") == "fullsystem-init\n"
     assert names(tree / "etc/apparmor.d/fullsystem-init") == "fullsystem-init\n"
