@@ -87,6 +87,14 @@ class Paths:
         return PurePosixPath("/usr/share/initramfs-tools/scripts/init-bottom") / self.package
 
     @property
+    def last_good(self) -> PurePosixPath:
+        # The policy the hook last shipped after it compiled: what goes into
+        # the next initramfs when the configured policy no longer compiles
+        # (an upgrade's new full profile, an admin's typo). Variable state,
+        # hence /var/lib (FHS 5.8); removed on purge.
+        return PurePosixPath("/var/lib") / self.package / "last-good"
+
+    @property
     def initramfs_dir(self) -> PurePosixPath:
         # Our files inside the initramfs image.
         return PurePosixPath("/usr/lib") / self.package

@@ -1,0 +1,136 @@
+"""What the VM tests share: where the package puts things, and what a boot reports.
+
+The shell snippets run in the guest as (part of) a boot script (tests/vm.py
+Machine.boot); lines "@@ key=value" become Boot.values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+try:                    # tests/ imported as a package
+    from . import vm
+except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
+    import vm
+
+PROFILE = "fullsystem-init"                      # Config() defaults
+FULL_PROFILE = f"/etc/apparmor.d/{PROFILE}"
+STATE = "/etc/apparmor-fullsystem/state"
+RECORD = "/run/apparmor-fullsystem/boot"
+INITRAMFS_DIR = "usr/lib/apparmor-fullsystem"    # our files inside the initramfs
+LAST_GOOD = "/var/lib/apparmor-fullsystem/last-good"
+
+# For guests that rebuild their initramfs themselves (the admin's commands,
+# package triggers): under TCG, initramfs-tools' default MODULES=most takes
+# many minutes per rebuild, copying every driver. MODULES=dep, worked out
+# from the running guest's own devices (initramfs-tools(7)), takes the same
+# path through our hook with a fraction of the modules. Only ever set inside
+# a booted guest: in a chroot, "dep" would look at the host's devices.
+FAST_INITRAMFS = r"""
+mkdir -p /etc/initramfs-tools/conf.d
+echo MODULES=dep >/etc/initramfs-tools/conf.d/aafs-test-modules-dep
+"""
+
+# What every boot reports.  Lines "@@ key=value" become Boot.values; the
+# process table is printed as "proc|PID|COMM|LABEL" (labels contain spaces).
+REPORT = rf"""
+echo "@@ pid1=$(cat /proc/1/attr/current 2>&1)"
+echo "@@ aa_enabled=$(cat /sys/module/apparmor/parameters/enabled 2>&1)"
+echo "@@ script_shell=$(cat /proc/$$/attr/current 2>&1)"
+if [ -e {RECORD} ]; then
+    echo "--- {RECORD}"
+    cat {RECORD}
+    sed 's/^/@@ record./' {RECORD}
+else
+    echo "@@ record=absent"
+fi
+echo "--- processes (kernel threads, whose exe cannot be read, left out)"
+for p in /proc/[0-9]*; do
+    readlink "$p/exe" >/dev/null 2>&1 || continue
+    label=$(cat "$p/attr/current" 2>/dev/null) || label="(unreadable)"
+    echo "proc|${{p#/proc/}}|$(cat "$p/comm" 2>/dev/null)|$label"
+done
+echo "--- aa-fullsystem status"
+aa-fullsystem status
+echo "@@ status_exit=$?"
+echo "--- failed units"
+systemctl --failed --no-legend --plain --no-pager
+echo "@@ apparmor_service=$(systemctl is-active apparmor.service)"
+"""
+
+# Denials, counted where an admin would look.  The journal (and with it
+# `journalctl -k`) exists in every base image, but say so if not.
+DENIALS = r"""
+echo "--- AppArmor messages in dmesg"
+dmesg | grep -e 'apparmor="DENIED"' -e 'apparmor="ALLOWED"' \
+    -e 'callbacks suppressed' -e 'printk limit exceeded' -e 'audit_lost'
+echo "@@ denied_dmesg=$(dmesg | grep -c 'apparmor="DENIED"')"
+echo "@@ allowed_dmesg=$(dmesg | grep -c 'apparmor="ALLOWED"')"
+# Audit records printed by the kernel are rate-limited (printk_ratelimit):
+# a count of zero only means something if none was dropped.
+echo "@@ suppressed_dmesg=$(dmesg | grep -c -e 'callbacks suppressed' -e 'printk limit exceeded' -e 'audit_lost=')"
+if command -v journalctl >/dev/null; then
+    echo "@@ denied_journal_k=$(journalctl -k -b --no-pager | grep -c 'apparmor="DENIED"')"
+    echo "@@ denied_journal=$(journalctl -b --no-pager | grep -c 'apparmor="DENIED"')"
+else
+    echo "@@ denied_journal_k=unavailable"
+fi
+"""
+
+# Turns off the kernel's printk rate limit from early boot (systemd-sysctl),
+# so that no audit record is dropped from dmesg while we count denials.
+NO_PRINTK_RATELIMIT = "kernel.printk_ratelimit = 0\n"
+
+
+def processes(boot: vm.Boot) -> list[tuple[str, str, str]]:
+    """(pid, comm, label) of every userspace process the report listed."""
+    rows = []
+    for line in boot.output.splitlines():
+        if line.startswith("proc|"):
+            _, pid, comm, label = line.split("|", 3)
+            rows.append((pid, comm, label))
+    return rows
+
+
+def where(boot: vm.Boot) -> str:
+    """Context for an assertion message: the serial log and the script output."""
+    return f"serial log: {boot.log_path}\n--- boot script output ---\n{boot.output}"
+
+
+def sha256(machine: vm.Machine, path: str) -> str:
+    return hashlib.sha256(machine.read_file(path)).hexdigest()
+
+
+def chroot_text(proc) -> str:
+    return f"exit {proc.returncode}, output:\n{proc.stdout}"
+
+
+def drop_stale_root(machine: vm.Machine) -> None:
+    """After the first boot the directory is a stale copy (tests/vm.py): free the space."""
+    if machine.booted and machine.root.exists():
+        shutil.rmtree(machine.root)
+
+
+def new_machine(suite: str, workdir: Path, deb: Path) -> vm.Machine:
+    vm.require_tools("qemu-system-x86_64", "mmdebstrap", "mke2fs", "debugfs")
+    vm.require_root()
+    machine = vm.Machine.create(suite, workdir)
+    machine.install_debs([deb])
+    return machine
+
+
+def initramfs_file(machine: vm.Machine, name: str) -> bytes:
+    """Our file INITRAMFS_DIR/NAME as the newest initrd holds it."""
+    initrd = machine.kernel_paths()[1]
+    copy = "/tmp/aafs-initramfs-file"
+    script = ('set -e; d=$(mktemp -d); unmkinitramfs "$1" "$d"; '
+              'f=$(find "$d" -path "*/$2" | head -n 1); test -n "$f"; cp "$f" "$3"; rm -rf "$d"')
+    machine.chroot_run(["sh", "-c", script, "sh", initrd, f"{INITRAMFS_DIR}/{name}", copy])
+    return machine.read_file(copy)
+
+
+def lsinitramfs(machine: vm.Machine) -> str:
+    initrd = machine.kernel_paths()[1]
+    return machine.chroot_run(["lsinitramfs", initrd]).stdout

@@ -1,0 +1,177 @@
+"""Maintainer scripts and aa-fullsystem(8) in a Debian chroot, where no boot is needed.
+
+- A dpkg run killed in the middle of configure is finished by
+  `dpkg --configure -a`, with the same end state as an uninterrupted install.
+- aa-fullsystem refuses bad input (unknown stage, mode or command, a profile
+  that does not compile, a broken state file) with a clear message and an
+  exit status, and changes nothing: state file and initramfs stay as they were.
+
+Chroots of bookworm only: what is tested here is dpkg's and our scripts'
+logic, the same on both suites; the VM tests (test_boot, test_lifecycle)
+run the package on both.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+try:                    # tests/ imported as a package
+    from . import vm
+    from .guest import INITRAMFS_DIR, LAST_GOOD, STATE, chroot_text, lsinitramfs, sha256
+except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
+    import vm
+    from guest import INITRAMFS_DIR, LAST_GOOD, STATE, chroot_text, lsinitramfs, sha256
+
+pytestmark = [pytest.mark.tools, pytest.mark.slow]
+
+SUITE = "bookworm"
+PACKAGE = "apparmor-fullsystem"
+
+
+def base_machine(workdir: Path) -> vm.Machine:
+    """A chroot of the VM base system, which has the package's dependencies (vm.PACKAGES)."""
+    vm.require_tools("mmdebstrap", "unshare")
+    vm.require_root()
+    return vm.Machine.create(SUITE, workdir)
+
+
+def put_deb(machine: vm.Machine, deb: Path) -> str:
+    target = machine.root / "root" / deb.name
+    target.write_bytes(deb.read_bytes())
+    return f"/root/{deb.name}"
+
+
+def end_state(machine: vm.Machine) -> dict[str, str]:
+    """What an install leaves behind that an interrupted one must reach too."""
+    def out(*args: str) -> str:
+        return machine.chroot_run(list(args), check=False).stdout
+    listing = "\n".join(sorted(line for line in lsinitramfs(machine).splitlines() if INITRAMFS_DIR in line))
+    return {
+        "status": out("dpkg-query", "-W", "-f", "${Status} ${Version}\n", PACKAGE),
+        "audit": out("dpkg", "--audit"),
+        "state": machine.read_file(STATE).decode(),
+        "force-complain": out("readlink", "/etc/apparmor.d/force-complain/fullsystem-init"),
+        "last-good": out("find", LAST_GOOD, "-type", "f"),
+        "initramfs": listing,
+        "conffiles": out("dpkg-query", "-W", "-f", "${Conffiles}\n", PACKAGE),
+    }
+
+
+def test_configure_killed_midway_is_completed_by_configure_a(built_deb, tmp_path):
+    reference = base_machine(tmp_path / "reference")
+    reference.chroot_run(["dpkg", "-i", put_deb(reference, built_deb)])
+    expected = end_state(reference)
+    assert expected["status"] == "install ok installed 0.1\n", expected
+    assert f"{INITRAMFS_DIR}/boot.conf" in expected["initramfs"], expected
+
+    machine = base_machine(tmp_path / "machine")
+    deb = put_deb(machine, built_deb)
+    # A wrapper around apparmor_parser that blocks when our postinst calls it
+    # (dpkg exports DPKG_MAINTSCRIPT_* to maintainer scripts, deb-postinst(5)):
+    # the point where the test kills dpkg, maintainer script and all.
+    machine.chroot_run(["dpkg-divert", "--local", "--rename", "--add", "/usr/sbin/apparmor_parser"])
+    wrapper = machine.root / "usr/sbin/apparmor_parser"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'if [ "${DPKG_MAINTSCRIPT_PACKAGE:-}" = apparmor-fullsystem ] && '
+        '[ "${DPKG_MAINTSCRIPT_NAME:-}" = postinst ] && [ -e /run/aafs-block ]; then\n'
+        "    : >/run/aafs-blocked\n    exec sleep 600\nfi\n"
+        'exec /usr/sbin/apparmor_parser.distrib "$@"\n')
+    wrapper.chmod(0o755)
+    killed = machine.chroot_run(["sh", "-c", """
+        : >/run/aafs-block
+        setsid dpkg -i "$1" >/root/dpkg.log 2>&1 &
+        dpkg=$!
+        n=0
+        until [ -e /run/aafs-blocked ]; do
+            n=$((n + 1)); [ $n -lt 600 ] || { echo "postinst never reached the parser"; cat /root/dpkg.log; exit 3; }
+            sleep 0.2
+        done
+        /bin/kill -KILL -- "-$dpkg"     # procps kill: the whole process group
+        wait "$dpkg" || echo "dpkg exit status $?"
+        cat /root/dpkg.log
+        rm -f /run/aafs-block /run/aafs-blocked
+        """, "sh", deb])
+    print(f"--- dpkg -i, killed in the postinst\n{killed.stdout}")
+    assert "dpkg exit status 137" in killed.stdout, chroot_text(killed)
+    status = machine.chroot_run(["dpkg-query", "-W", "-f", "${Status}", PACKAGE]).stdout
+    assert status == "install ok half-configured", status
+
+    machine.chroot_run(["rm", "/usr/sbin/apparmor_parser"])
+    machine.chroot_run(["dpkg-divert", "--local", "--rename", "--remove", "/usr/sbin/apparmor_parser"])
+    finished = machine.chroot_run(["dpkg", "--configure", "-a"])
+    print(f"--- dpkg --configure -a\n{finished.stdout}")
+    assert end_state(machine) == expected
+
+
+@pytest.fixture(scope="module")
+def installed(built_deb, tmp_path_factory) -> vm.Machine:
+    machine = base_machine(tmp_path_factory.mktemp("aa-fullsystem") / "machine")
+    machine.chroot_run(["dpkg", "-i", put_deb(machine, built_deb)])
+    return machine
+
+
+def unchanged(machine: vm.Machine):
+    """A snapshot of what a refused command must not touch; call it to compare."""
+    initrd = machine.kernel_paths()[1]
+    before = (machine.read_file(STATE), sha256(machine, initrd))
+
+    def check() -> None:
+        assert (machine.read_file(STATE), sha256(machine, initrd)) == before, "state or initramfs changed"
+    return check
+
+
+@pytest.mark.parametrize("args, status, message", [
+    (["stage", "bogus"], 2, "aa-fullsystem: error: unknown stage 'bogus'"),
+    (["stage"], 2, "aa-fullsystem: error: unknown stage ''"),
+    (["mode", "strict"], 2, "aa-fullsystem: error: unknown mode 'strict'"),
+    (["mode", "enforce"], 1, "aa-fullsystem: error: enforce mode needs the full stage"),
+    (["frobnicate"], 2, "aa-fullsystem: error: unknown command 'frobnicate'"),
+    (["--bogus"], 2, "aa-fullsystem: error: unknown option '--bogus'"),
+])
+def test_bad_input_is_refused_and_changes_nothing(installed, args, status, message):
+    check = unchanged(installed)
+    result = installed.chroot_run(["aa-fullsystem", *args], check=False)
+    assert result.returncode == status, chroot_text(result)
+    lines = result.stdout.splitlines()
+    assert lines[0] == message or lines[0].startswith(message), chroot_text(result)
+    assert len(lines) == 2 and lines[1].startswith("aa-fullsystem: hint: "), chroot_text(result)
+    check()
+
+
+def test_profile_that_does_not_compile_is_refused(installed):
+    admin_profile = installed.root / "etc/apparmor-fullsystem/policy.d/aafs-broken"
+    admin_profile.write_text("abi <abi/3.0>,\nprofile aafs-broken /usr/bin/true {\n  this is not a rule,\n}\n")
+    try:
+        check = unchanged(installed)
+        where = re.compile(r"/etc/apparmor-fullsystem/policy\.d/aafs-broken\b.* at line 3\b")
+        for args in (["check"], ["stage", "full"]):
+            result = installed.chroot_run(["aa-fullsystem", *args], check=False)
+            print(f"--- aa-fullsystem {' '.join(args)}\n{result.stdout}")
+            assert result.returncode == 1, chroot_text(result)
+            assert where.search(result.stdout), chroot_text(result)
+            assert "aa-fullsystem: error: " in result.stdout, chroot_text(result)
+            check()
+    finally:
+        admin_profile.unlink()
+
+
+def test_broken_state_file_is_named_with_its_line(installed):
+    state = installed.root / STATE.lstrip("/")
+    good = state.read_text()
+    state.write_text(good.replace("STAGE=stub", "STAGE=fulll"))
+    try:
+        line = state.read_text().splitlines().index("STAGE=fulll") + 1
+        result = installed.chroot_run(["aa-fullsystem", "stage", "full"], check=False)
+        assert result.returncode == 1, chroot_text(result)
+        assert f"{STATE} line {line}: 'STAGE=fulll': STAGE must be 'stub' or 'full'" in result.stdout, \
+            chroot_text(result)
+        assert f"hint: fix {STATE}" in result.stdout, chroot_text(result)
+        assert state.read_text() == good.replace("STAGE=stub", "STAGE=fulll")
+        status = installed.chroot_run(["aa-fullsystem", "status"], check=False)
+        assert "invalid state file" in status.stdout, chroot_text(status)
+    finally:
+        state.write_text(good)
