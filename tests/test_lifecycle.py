@@ -25,11 +25,13 @@ try:                    # tests/ imported as a package
     from . import vm
     from .guest import (FAST_INITRAMFS, DENIALS, FULL_PROFILE, NO_PRINTK_RATELIMIT, PROFILE, REPORT, drop_stale_root,
                         new_machine, processes, where)
+    from .test_site_policy import PROBE_FILE as SITE_FILE
     from .test_site_policy import PROBE_PROFILE as SITE_PROFILE
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
     from guest import (FAST_INITRAMFS, DENIALS, FULL_PROFILE, NO_PRINTK_RATELIMIT, PROFILE, REPORT, drop_stale_root,
                        new_machine, processes, where)
+    from test_site_policy import PROBE_FILE as SITE_FILE
     from test_site_policy import PROBE_PROFILE as SITE_PROFILE
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
@@ -110,7 +112,7 @@ def test_stub_full_enforce_upgrade_broken_upgrade_purge(suite, built_deb, newer_
     b = boot(machine, DENIALS + step("upgrade", f"apt-get install -y {DEBS}/{newer_deb.name}"))
     assert b.values["pid1"] == f"{PROFILE} (enforce)", where(b)
     assert b.values["record.mode"] == "enforce", where(b)
-    assert SITE_PROFILE in b.values["record.profiles"].split(), where(b)
+    assert SITE_FILE in b.values["record.profiles"].split(), where(b)     # the record lists files
     assert b.values["site_loaded"] == "1", where(b)
     confined_everywhere(b)
     no_denials(b)
@@ -131,7 +133,7 @@ def test_stub_full_enforce_upgrade_broken_upgrade_purge(suite, built_deb, newer_
     assert "keeps the last full-stage policy that compiled" in b.output, where(b)
 
     # Boot 5: PID 1 under the last good full profile, and everyone is told.
-    b = boot(machine, DENIALS + "aa-fullsystem status --json; echo\n"
+    b = boot(machine, DENIALS + "aa-fullsystem --json status; echo\n"
              + step("purge", f"apt-get purge -y {PACKAGE} {site_policy_deb.name.split('_')[0]}")
              + rf"""
 echo "--- left on disk"
