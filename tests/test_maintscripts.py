@@ -13,6 +13,7 @@ run the package on both.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -131,6 +132,8 @@ def unchanged(machine: vm.Machine):
     (["mode", "enforce"], 1, "aa-fullsystem: error: enforce mode needs the full stage"),
     (["frobnicate"], 2, "aa-fullsystem: error: unknown command 'frobnicate'"),
     (["--bogus"], 2, "aa-fullsystem: error: unknown option '--bogus'"),
+    (["status", "--bogus"], 2, "aa-fullsystem: error: unknown argument '--bogus' for status"),
+    (["early", "all"], 1, "aa-fullsystem: error: loading all policy early needs the full stage"),
 ])
 def test_bad_input_is_refused_and_changes_nothing(installed, args, status, message):
     check = unchanged(installed)
@@ -140,6 +143,17 @@ def test_bad_input_is_refused_and_changes_nothing(installed, args, status, messa
     assert lines[0] == message or lines[0].startswith(message), chroot_text(result)
     assert len(lines) == 2 and lines[1].startswith("aa-fullsystem: hint: "), chroot_text(result)
     check()
+
+
+@pytest.mark.parametrize("args", [["--json", "status"], ["status", "--json"]])
+def test_status_json_is_json(installed, args):
+    result = installed.chroot_run(["aa-fullsystem", *args], check=False)
+    assert result.returncode == 0, chroot_text(result)
+    status = json.loads(result.stdout)
+    assert (status["configured_stage"], status["configured_mode"], status["configured_early"]) == \
+        ("stub", "complain", "init"), status
+    assert status["boot"]["outcome"] == "", status       # a chroot has no boot record
+    assert isinstance(status["unconfined_processes"], int), status
 
 
 def test_profile_that_does_not_compile_is_refused(installed):

@@ -1,0 +1,137 @@
+"""EARLY=all: the whole installed policy, precompiled, loaded before PID 1.
+
+One guest per suite, in the full stage with `aa-fullsystem early all`, and a
+test profile for systemd-udevd (Debian ships none), which PID 1 starts long
+before apparmor.service. (systemd-journald would be the other candidate, but
+its unit runs it with no_new_privs, under which AppArmor refuses any
+transition out of init's profile except to a stack on it: kernel log
+`info="no new privs"`. A profile for it belongs stacked, `px -> &name`, in
+local/fullsystem-init.)
+
+  boot 1  the initramfs was built in a chroot, where no kernel features can
+          be read: no precompiled policy, the init policy only, and both the
+          record and `aa-fullsystem status` say so and what fixes it.
+          Then `update-initramfs -u` on the running kernel.
+  boot 2  the precompiled policy is loaded: udevd runs under its own
+          profile from its first instruction.
+          Then an initramfs whose policy is precompiled for other features:
+          a copy of this kernel's features, one feature removed, bind-mounted
+          over /sys/kernel/security/apparmor/features while it is built.
+  boot 3  a kernel whose features differ from the cache: the cache is not
+          loaded, PID 1 is still confined by the text init profile, and the
+          fallback is recorded and reported.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+try:                    # tests/ imported as a package
+    from . import vm
+    from .guest import FAST_INITRAMFS, PROFILE, REPORT, drop_stale_root, new_machine, processes, where
+except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
+    import vm
+    from guest import FAST_INITRAMFS, PROFILE, REPORT, drop_stale_root, new_machine, processes, where
+
+pytestmark = [pytest.mark.vm, pytest.mark.slow]
+
+# Complain mode and broad rules: what matters is the label, not the rules.
+# systemd-udevd is udevadm under another name (a symlink on Debian), and
+# AppArmor attaches by the resolved path.
+EARLY_SERVICES = {
+    # profile name: (attachment, process name)
+    "aafs-test-udevd": ("/{,usr/}{bin/udevadm,lib/systemd/systemd-udevd}", "systemd-udevd"),
+}
+
+
+def service_profile(name: str, attachment: str) -> str:
+    return f"""\
+abi <abi/3.0>,
+include <tunables/global>
+
+# Test profile of tests/test_early.py.
+profile {name} {attachment} flags=(complain, attach_disconnected, mediate_deleted) {{
+  capability,
+  network,
+  mount,
+  umount,
+  pivot_root,
+  signal,
+  ptrace,
+  unix,
+  dbus,
+  file,
+  change_profile,
+}}
+"""
+
+
+SERVICES = "".join(rf"""
+pid=$(pidof {program} | cut -d' ' -f1)
+echo "@@ {program}.label=$(cat /proc/$pid/attr/current 2>&1)"
+""" for _, program in EARLY_SERVICES.values())
+
+SIMULATE_OTHER_KERNEL = r"""
+features=/sys/kernel/security/apparmor/features
+rm -rf /run/aafs-features && cp -r "$features" /run/aafs-features
+rm -rf /run/aafs-features/mount     # a kernel without mount mediation
+mount --bind /run/aafs-features "$features"
+update-initramfs -u
+echo "@@ other_kernel_update_exit=$?"
+umount "$features"
+"""
+
+
+@pytest.mark.parametrize("suite", vm.SUITES)
+def test_precompiled_policy_loaded_before_init(suite, built_deb, tmp_path):
+    machine = new_machine(suite, tmp_path / "machine", built_deb)
+    for name, (attachment, _) in EARLY_SERVICES.items():
+        (machine.root / "etc/apparmor.d" / name).write_text(service_profile(name, attachment))
+    machine.chroot_run(["aa-fullsystem", "stage", "full"])
+    early = machine.chroot_run(["aa-fullsystem", "early", "all"])
+    print(f"--- {suite}: aa-fullsystem early all, in a chroot\n{early.stdout}")
+    assert "carries no precompiled policy" in early.stdout, early.stdout
+
+    def boot(script: str) -> vm.Boot:
+        result = machine.boot(script=FAST_INITRAMFS + REPORT + SERVICES + script, timeout=900)
+        drop_stale_root(machine)
+        print(f"--- {suite} boot {len(machine.boots)}\n{result.output}")
+        assert result.reached_multi_user, where(result)
+        assert result.values["pid1"] == f"{PROFILE} (complain)", where(result)
+        assert not [p for p in processes(result) if p[2] == "unconfined"], where(result)
+        return result
+
+    # Boot 1: built in a chroot, so nothing precompiled: the init policy only.
+    b = boot("update-initramfs -u\necho \"@@ update_exit=$?\"\n")
+    assert b.values["record.early"] == "fallback", where(b)
+    assert "carries no precompiled policy" in b.values["record.early_reason"], where(b)
+    assert b.values["record.loaded_stage"] == "full", where(b)
+    assert "Only the init policy was loaded early" in b.output, where(b)
+    assert "'update-initramfs -u' precompiles the policy" in b.output, where(b)
+    # udevd started before apparmor.service loaded its profile.
+    for _, program in EARLY_SERVICES.values():
+        assert b.values[f"{program}.label"] == f"{PROFILE} (complain)", where(b)
+    assert b.values["update_exit"] == "0", where(b)
+
+    # Boot 2: the whole policy, precompiled for this kernel, before PID 1.
+    b = boot(SIMULATE_OTHER_KERNEL)
+    assert b.values["record.early"] == "cache", where(b)
+    assert b.values["record.outcome"] == "loaded", where(b)
+    files = b.values["record.profiles"].split()
+    # init's profile is precompiled from the initramfs's copy, under its own name
+    assert f"initramfs-{PROFILE}" in files and set(EARLY_SERVICES) <= set(files), where(b)
+    assert PROFILE not in files, where(b)
+    for name, (_, program) in EARLY_SERVICES.items():
+        assert b.values[f"{program}.label"] == f"{name} (complain)", where(b)
+    print(f"FIGURES suite={suite} early=cache files={len(files)} initramfs_load_ms={b.values['record.elapsed_ms']}")
+    assert b.values["other_kernel_update_exit"] == "0", where(b)
+
+    # Boot 3: the cache does not fit this kernel: not loaded, and said so.
+    b = boot("")
+    assert b.values["record.early"] == "fallback", where(b)
+    assert "differ from those the policy was precompiled for" in b.values["record.early_reason"], where(b)
+    assert b.values["record.outcome"] == "fallback", where(b)
+    assert b.values["record.loaded_stage"] == "full", where(b)
+    assert "Only the init policy was loaded early" in b.output, where(b)
+    for _, program in EARLY_SERVICES.values():
+        assert b.values[f"{program}.label"] == f"{PROFILE} (complain)", where(b)
