@@ -81,6 +81,15 @@ ExecStart=/usr/bin/sleep infinity
 WantedBy=multi-user.target
 """
 
+# A program with a profile of its own, run with no_new_privs: AppArmor
+# refuses it the transition out of init's profile, so it stays there, and
+# `aa-fullsystem status` names it (in enforce mode its exec would fail).
+PROBE_NNP = "aafs-probe-nnp"
+PROBE_NNP_BIN = f"/usr/local/bin/{PROBE_NNP}"
+PROBE_NNP_PROFILE = PROBE_SVC_PROFILE.replace(PROBE_SVC, PROBE_NNP)
+PROBE_NNP_UNIT = PROBE_SVC_UNIT.replace(PROBE_SVC, PROBE_NNP).replace(
+    "[Service]\n", "[Service]\nNoNewPrivileges=yes\n")
+
 # ---------------------------------------------------------------------------
 # The stub machine: boots 1 to 3.
 
@@ -107,17 +116,21 @@ def stub(request, built_deb, tmp_path_factory) -> StubMachine:
     initrd_pkg = machine.initrd_size()
     listing = lsinitramfs(machine)
 
-    # A service whose program has its own profile, and one whose has none.
+    # Services whose program has its own profile (one with no_new_privs),
+    # and one whose has none.
     root = machine.root
-    shutil.copy2(root / "usr/bin/sleep", root / PROBE_SVC_BIN.lstrip("/"))
-    (root / "etc/apparmor.d" / PROBE_SVC).write_text(PROBE_SVC_PROFILE)
     units = root / "etc/systemd/system"
-    (units / f"{PROBE_SVC}.service").write_text(PROBE_SVC_UNIT)
+    for name, binary, profile, unit in ((PROBE_SVC, PROBE_SVC_BIN, PROBE_SVC_PROFILE, PROBE_SVC_UNIT),
+                                        (PROBE_NNP, PROBE_NNP_BIN, PROBE_NNP_PROFILE, PROBE_NNP_UNIT)):
+        shutil.copy2(root / "usr/bin/sleep", root / binary.lstrip("/"))
+        (root / "etc/apparmor.d" / name).write_text(profile)
+        (units / f"{name}.service").write_text(unit)
+        # The profile compiles (apparmor.service would skip it otherwise).
+        machine.chroot_run(["apparmor_parser", "--skip-kernel-load", "--skip-cache", "-Q",
+                            f"/etc/apparmor.d/{name}"])
     (units / f"{PROBE_PLAIN}.service").write_text(PROBE_PLAIN_UNIT)
-    machine.chroot_run(["systemctl", "enable", f"{PROBE_SVC}.service", f"{PROBE_PLAIN}.service"])
-    # The profile compiles (apparmor.service would skip it otherwise).
-    machine.chroot_run(["apparmor_parser", "--skip-kernel-load", "--skip-cache", "-Q",
-                        f"/etc/apparmor.d/{PROBE_SVC}"])
+    machine.chroot_run(["systemctl", "enable", f"{PROBE_SVC}.service", f"{PROBE_NNP}.service",
+                        f"{PROBE_PLAIN}.service"])
 
     services = "".join(rf"""
 pid=$(systemctl show -p MainPID --value {unit}.service)
@@ -125,7 +138,7 @@ echo "@@ {unit}.active=$(systemctl is-active {unit}.service)"
 echo "@@ {unit}.pid=$pid"
 echo "@@ {unit}.exe=$(readlink /proc/$pid/exe)"
 echo "@@ {unit}.label=$(cat /proc/$pid/attr/current 2>&1)"
-""" for unit in (PROBE_SVC, PROBE_PLAIN))
+""" for unit in (PROBE_SVC, PROBE_NNP, PROBE_PLAIN))
     result = StubMachine(machine, initrd_base, initrd_pkg, listing)
     try:
         result.first = machine.boot(script=REPORT + services + DENIALS)
@@ -198,6 +211,16 @@ def test_service_with_own_profile_enters_it(stub):
     assert v[f"{PROBE_PLAIN}.label"] == f"{PROFILE} (complain)", where(boot)
     # The probe's own shell is another service without a profile.
     assert v["script_shell"] == f"{PROFILE} (complain)", where(boot)
+
+
+def test_no_new_privs_service_is_named_by_status(stub):
+    """2b. A no_new_privs service cannot enter its own profile: it stays under init's, and status says so."""
+    boot = first_boot(stub)
+    v = boot.values
+    assert v[f"{PROBE_NNP}.active"] == "active", where(boot)          # complain mode: it runs
+    assert v[f"{PROBE_NNP}.exe"] == PROBE_NNP_BIN, where(boot)
+    assert v[f"{PROBE_NNP}.label"] == f"{PROFILE} (complain)", where(boot)
+    assert f"No own profile (no_new_privs): {PROBE_NNP_BIN}" in boot.output, where(boot)
 
 
 def test_apparmor_0_boots_without_policy(stub):
