@@ -76,9 +76,12 @@ features=/sys/kernel/security/apparmor/features
 rm -rf /run/aafs-features && cp -r "$features" /run/aafs-features
 rm -rf /run/aafs-features/mount     # a kernel without mount mediation
 mount --bind /run/aafs-features "$features"
+# ... and another build of it, as /proc/version tells builds apart
+sed 's/#/#0 other build /' /proc/version >/run/aafs-version
+mount --bind /run/aafs-version /proc/version
 update-initramfs -u
 echo "@@ other_kernel_update_exit=$?"
-umount "$features"
+umount /proc/version "$features"
 """
 
 
