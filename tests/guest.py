@@ -33,6 +33,28 @@ mkdir -p /etc/initramfs-tools/conf.d
 echo MODULES=dep >/etc/initramfs-tools/conf.d/aafs-test-modules-dep
 """
 
+# This boot's initramfs, unpacked, ready for its boot script to run in it
+# as /init runs it ("chroot $initramfs /scripts/init-bottom/..."): its
+# shell, its parser, its files, with the kernel's /proc, /sys and /dev and
+# an empty /run, in which the script makes its record as at boot.
+# LEAVE_INITRAMFS undoes the mounts.
+ENTER_INITRAMFS = rf"""
+unpacked=$(mktemp -d)
+unmkinitramfs /boot/initrd.img-$(uname -r) "$unpacked"
+initramfs=$(find "$unpacked" -type d -path '*/{INITRAMFS_DIR}' | head -n 1)
+initramfs=${{initramfs%/{INITRAMFS_DIR}}}
+mkdir -p "$initramfs/proc" "$initramfs/sys" "$initramfs/dev" "$initramfs/run"
+mount -t proc proc "$initramfs/proc"
+# Slaves: mounts under a shared /sys (systemd makes / shared) would pass
+# LEAVE_INITRAMFS's unmounts back to the system's own securityfs.
+mount --rbind --make-rslave /sys "$initramfs/sys"
+mount --bind --make-slave /dev "$initramfs/dev"
+mount -t tmpfs tmpfs "$initramfs/run"
+"""
+LEAVE_INITRAMFS = r"""
+umount -R "$initramfs/proc" "$initramfs/sys" "$initramfs/dev" "$initramfs/run"
+"""
+
 # What every boot reports.  Lines "@@ key=value" become Boot.values; the
 # process table is printed as "proc|PID|COMM|LABEL" (labels contain spaces).
 REPORT = rf"""

@@ -20,6 +20,13 @@ local/fullsystem-init.)
   boot 3  a kernel whose features differ from the cache: the cache is not
           loaded, PID 1 is still confined by the text init profile, and the
           fallback is recorded and reported.
+          Then, rebuilt for this kernel: that initramfs's boot script, run
+          in it with its precompiled policy cut short, is refused by the
+          kernel and falls back (early=refused). And a profile in a policy
+          namespace of its own: the hook makes no set of it, as the
+          namespace would apply to every profile of the one write.
+  boot 4  so the init policy only, and the record and status say why
+          and that the policy needs the fix (early=refused).
 """
 
 from __future__ import annotations
@@ -28,10 +35,34 @@ import pytest
 
 try:                    # tests/ imported as a package
     from . import vm
-    from .guest import FAST_INITRAMFS, PROFILE, REPORT, drop_stale_root, new_machine, processes, where
+    from .guest import (
+        ENTER_INITRAMFS,
+        FAST_INITRAMFS,
+        INITRAMFS_DIR,
+        LEAVE_INITRAMFS,
+        PROFILE,
+        RECORD,
+        REPORT,
+        drop_stale_root,
+        new_machine,
+        processes,
+        where,
+    )
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
-    from guest import FAST_INITRAMFS, PROFILE, REPORT, drop_stale_root, new_machine, processes, where
+    from guest import (
+        ENTER_INITRAMFS,
+        FAST_INITRAMFS,
+        INITRAMFS_DIR,
+        LEAVE_INITRAMFS,
+        PROFILE,
+        RECORD,
+        REPORT,
+        drop_stale_root,
+        new_machine,
+        processes,
+        where,
+    )
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -85,6 +116,33 @@ umount /proc/version "$features"
 """
 
 
+REFUSED_AND_NAMESPACED = rf"""
+update-initramfs -u
+echo "@@ rebuild_exit=$?"
+{ENTER_INITRAMFS}
+policy=$(find "$initramfs/{INITRAMFS_DIR}/cache" -name policy)
+[ -s "$policy" ] && echo "@@ cut.policy_found=yes"
+head -c 1000 "$policy" >"$policy.cut" && mv "$policy.cut" "$policy"
+chroot "$initramfs" /scripts/init-bottom/apparmor-fullsystem
+sed 's/^/@@ cut./' "$initramfs{RECORD}"
+echo "@@ cut.kernel_log=$(dmesg | grep 'apparmor="STATUS"' | grep 'error=' | tail -n 1)"
+mount --bind "$initramfs{RECORD}" {RECORD}
+aa-fullsystem status
+aa-fullsystem status | grep -q "fix or remove the profile named above or in the kernel log" && echo "@@ cut.status_says_fix=yes"
+umount {RECORD}
+{LEAVE_INITRAMFS}
+cat >/etc/apparmor.d/aafs-test-namespaced <<'END'
+abi <abi/3.0>,
+# tests/test_early.py: a profile in a policy namespace of its own.
+profile :aafs-test-ns:aafs-test-namespaced flags=(complain) {{
+}}
+END
+update-initramfs -u >/run/aafs-update.log 2>&1
+echo "@@ namespaced_update_exit=$?"
+cat /run/aafs-update.log
+"""
+
+
 @pytest.mark.parametrize("suite", vm.SUITES)
 def test_precompiled_policy_loaded_before_init(suite, built_deb, tmp_path):
     machine = new_machine(suite, tmp_path / "machine", built_deb)
@@ -130,11 +188,34 @@ def test_precompiled_policy_loaded_before_init(suite, built_deb, tmp_path):
     assert b.values["other_kernel_update_exit"] == "0", where(b)
 
     # Boot 3: the cache does not fit this kernel: not loaded, and said so.
-    b = boot("")
+    b = boot(REFUSED_AND_NAMESPACED)
     assert b.values["record.early"] == "fallback", where(b)
     assert "differ from those the policy was precompiled for" in b.values["record.early_reason"], where(b)
     assert b.values["record.outcome"] == "fallback", where(b)
     assert b.values["record.loaded_stage"] == "full", where(b)
     assert "Only the init policy was loaded early" in b.output, where(b)
+    for _, program in EARLY_SERVICES.values():
+        assert b.values[f"{program}.label"] == f"{PROFILE} (complain)", where(b)
+    assert b.values["rebuild_exit"] == "0", where(b)
+    # The kernel refuses a set cut short: none of it is loaded, the text init
+    # profile is, and the record and status say so.
+    assert b.values["cut.policy_found"] == "yes", where(b)
+    assert b.values["cut.early"] == "refused", where(b)
+    assert "the kernel refused the precompiled policy" in b.values["cut.early_reason"], where(b)
+    assert b.values["cut.outcome"] == "fallback", where(b)
+    assert b.values["cut.loaded_stage"] == "full", where(b)
+    assert "error=" in b.values["cut.kernel_log"], where(b)
+    assert b.values.get("cut.status_says_fix") == "yes", where(b)
+    # A namespace in the policy: no set is made, and the hook says why.
+    assert b.values["namespaced_update_exit"] == "0", where(b)
+    assert "aafs-test-namespaced holds a profile in a policy namespace" in b.output, where(b)
+
+    # Boot 4: so the init policy only, and the record says why.
+    b = boot("")
+    assert b.values["record.early"] == "refused", where(b)
+    assert "fix or remove the profile named above" in b.output, where(b)
+    assert "cannot be loaded as one set" in b.values["record.early_reason"], where(b)
+    assert "aafs-test-namespaced holds a profile in a policy namespace" in b.values["record.early_reason"], where(b)
+    assert b.values["record.loaded_stage"] == "full", where(b)
     for _, program in EARLY_SERVICES.values():
         assert b.values[f"{program}.label"] == f"{PROFILE} (complain)", where(b)
