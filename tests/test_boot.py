@@ -141,7 +141,14 @@ echo "@@ {unit}.label=$(cat /proc/$pid/attr/current 2>&1)"
 """ for unit in (PROBE_SVC, PROBE_NNP, PROBE_PLAIN))
     result = StubMachine(machine, initrd_base, initrd_pkg, listing)
     try:
-        result.first = machine.boot(script=REPORT + services + DENIALS)
+        # The no_new_privs probe's exec at boot may come before
+        # apparmor.service loads its profile (no transition is tried, none
+        # refused), or its refusal may be lost to the kernel's rate limit on
+        # audit lines (kauditd_printk_skb) amid the stub's complain-mode
+        # burst. One more exec, with its profile loaded, gives the refusal
+        # that status reads from the kernel log.
+        restart_nnp = f"systemctl restart {PROBE_NNP}.service\n"
+        result.first = machine.boot(script=restart_nnp + REPORT + services + DENIALS)
     except vm.BootError as e:
         # Reported by every test that needs this boot, with the serial log.
         result.first_error = str(e)
