@@ -22,7 +22,9 @@ local/fullsystem-init.)
           fallback is recorded and reported.
           Then, rebuilt for this kernel: that initramfs's boot script, run
           in it with its precompiled policy cut short, is refused by the
-          kernel and falls back (early=refused). And a profile in a policy
+          kernel and falls back (early=refused); run again with
+          aa_fullsystem=complain, it loads the init policy only and records
+          that choice (early=skipped). And a profile in a policy
           namespace of its own: the hook makes no set of it, as the
           namespace would apply to every profile of the one write.
   boot 4  so the init policy only, and the record and status say why
@@ -130,6 +132,18 @@ mount --bind "$initramfs{RECORD}" {RECORD}
 aa-fullsystem status
 aa-fullsystem status | grep -q "fix or remove the profile named above or in the kernel log" && echo "@@ cut.status_says_fix=yes"
 umount {RECORD}
+# The same script with aa_fullsystem=complain on its command line: the
+# admin's choice, recorded as such, with no advice to rebuild.
+echo "$(cat /proc/cmdline) aa_fullsystem=complain" >/run/aafs-cmdline
+mount --bind /run/aafs-cmdline "$initramfs/proc/cmdline"
+chroot "$initramfs" /scripts/init-bottom/apparmor-fullsystem
+umount "$initramfs/proc/cmdline"
+sed 's/^/@@ complain./' "$initramfs{RECORD}"
+mount --bind "$initramfs{RECORD}" {RECORD}
+aa-fullsystem status >/run/aafs-status-complain
+umount {RECORD}
+cat /run/aafs-status-complain
+grep -q "precompiles the policy" /run/aafs-status-complain || echo "@@ complain.status_no_rebuild=yes"
 {LEAVE_INITRAMFS}
 cat >/etc/apparmor.d/aafs-test-namespaced <<'END'
 abi <abi/3.0>,
@@ -206,6 +220,15 @@ def test_precompiled_policy_loaded_before_init(suite, built_deb, tmp_path):
     assert b.values["cut.loaded_stage"] == "full", where(b)
     assert "error=" in b.values["cut.kernel_log"], where(b)
     assert b.values.get("cut.status_says_fix") == "yes", where(b)
+    # aa_fullsystem=complain: the init policy only, by the admin's choice,
+    # which is no fallback and needs no rebuild.
+    assert b.values["complain.early"] == "skipped", where(b)
+    assert "aa_fullsystem=complain on the kernel command line" in b.values["complain.early_reason"], where(b)
+    assert b.values["complain.outcome"] == "loaded", where(b)
+    assert b.values["complain.loaded_stage"] == "full", where(b)
+    assert b.values["complain.mode"] == "complain", where(b)
+    assert "Early policy: skipped: aa_fullsystem=complain" in b.output, where(b)
+    assert b.values.get("complain.status_no_rebuild") == "yes", where(b)
     # A namespace in the policy: no set is made, and the hook says why.
     assert b.values["namespaced_update_exit"] == "0", where(b)
     assert "aafs-test-namespaced holds a profile in a policy namespace" in b.output, where(b)
