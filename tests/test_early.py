@@ -24,7 +24,8 @@ local/fullsystem-init.)
           in it with its precompiled policy cut short, is refused by the
           kernel and falls back (early=refused); run again with
           aa_fullsystem=complain, it loads the init policy only and records
-          that choice (early=skipped). And a profile in a policy
+          that choice (early=skipped); without the initramfs's dd, it
+          falls back (early=fallback). And a profile in a policy
           namespace of its own: the hook makes no set of it, as the
           namespace would apply to every profile of the one write.
   boot 4  so the init policy only, and the record and status say why
@@ -144,6 +145,10 @@ aa-fullsystem status >/run/aafs-status-complain
 umount {RECORD}
 cat /run/aafs-status-complain
 grep -q "precompiles the policy" /run/aafs-status-complain || echo "@@ complain.status_no_rebuild=yes"
+# Without its dd the set cannot be written: a fallback, not a refusal.
+rm "$initramfs/{INITRAMFS_DIR}/dd"
+chroot "$initramfs" /scripts/init-bottom/apparmor-fullsystem
+sed 's/^/@@ no_dd./' "$initramfs{RECORD}"
 {LEAVE_INITRAMFS}
 cat >/etc/apparmor.d/aafs-test-namespaced <<'END'
 abi <abi/3.0>,
@@ -229,9 +234,14 @@ def test_precompiled_policy_loaded_before_init(suite, built_deb, tmp_path):
     assert b.values["complain.mode"] == "complain", where(b)
     assert "Early policy: skipped: aa_fullsystem=complain" in b.output, where(b)
     assert b.values.get("complain.status_no_rebuild") == "yes", where(b)
+    # An initramfs without the hook's dd: the init policy, and a rebuild fixes it.
+    assert b.values["no_dd.early"] == "fallback", where(b)
+    assert b.values["no_dd.early_reason"] == f"/{INITRAMFS_DIR}/dd is missing from this initramfs", where(b)
+    assert b.values["no_dd.loaded_stage"] == "full", where(b)
     # A namespace in the policy: no set is made, and the hook says why.
     assert b.values["namespaced_update_exit"] == "0", where(b)
     assert "aafs-test-namespaced holds a profile in a policy namespace" in b.output, where(b)
+    assert "Fix or remove that profile, then run 'update-initramfs -u'" in b.output, where(b)
 
     # Boot 4: so the init policy only, and the record says why.
     b = boot("")
