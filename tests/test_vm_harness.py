@@ -52,3 +52,41 @@ def test_plain_boot_and_persistence(machine, record_property):
     second = machine.boot(script="echo @@ marker=$(cat /root/marker)\n")
     assert second.reached_multi_user, second.log_path
     assert second.values["marker"] == "hello from boot 1"
+
+
+FAKE_QEMU = """#!/bin/sh
+# Writes a serial log like a guest whose kernel {when}, then exits as qemu
+# does on a panic with -no-reboot.
+while [ $# -gt 0 ]; do
+    case $1 in -serial) log=${{2#file:}}; shift ;; esac
+    shift
+done
+{{
+    echo "[    0.000000] Linux version 6.12.0 (fake)"
+    {run_init}
+    echo "[    1.400000] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI"
+    echo "[    1.500000] Kernel panic - not syncing: Fatal exception in interrupt"
+}} >"$log"
+"""
+
+
+@pytest.mark.tools
+@pytest.mark.parametrize("run_init, blamed", [(False, True), (True, False)])
+def test_boot_error_says_when_the_kernel_died_before_init(tmp_path, monkeypatch, run_init, blamed):
+    """A panic before /init ran is named as such: nothing of ours had run yet."""
+    vm.require_tools("mke2fs", "debugfs")
+    qemu = tmp_path / "fake-qemu"
+    qemu.write_text(FAKE_QEMU.format(
+        when="panicked " + ("after" if run_init else "before") + " /init ran",
+        run_init='echo "[    1.000000] Run /init as init process"' if run_init else ":"))
+    qemu.chmod(0o755)
+    monkeypatch.setattr(vm, "QEMU", str(qemu))
+    machine = vm.Machine("trixie", tmp_path / "machine")
+    (machine.root / "boot").mkdir(parents=True)
+    (machine.root / "boot/vmlinuz-6.12.0").write_bytes(b"kernel")
+    (machine.root / "boot/initrd.img-6.12.0").write_bytes(b"initrd")
+
+    with pytest.raises(vm.BootError) as error:
+        machine.boot(timeout=30)
+    assert error.value.reason.startswith("the probe did not finish"), error.value.reason
+    assert ("panicked before it ran the initramfs's /init" in error.value.reason) == blamed, error.value.reason

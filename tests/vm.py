@@ -520,6 +520,9 @@ class Machine:
             qemu_said = (bootdir / "qemu.out").read_text(errors="replace").strip()
             if qemu_said:
                 how += f"; qemu said: {qemu_said}"
+            if "Kernel panic" in log and "Run /init as init process" not in log:
+                how += ("; the guest kernel panicked before it ran the initramfs's /init, "
+                        "so before anything of ours (see VCPUS)")
             raise BootError(f"{what} ({how})", log_path, log)
         self.boots.append(boot)
         return boot
