@@ -16,6 +16,30 @@ import vm
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Which tests share a pytest-xdist worker (--dist loadgroup, setup.cfg), and their order.
+
+    A worker runs a group at a time. A module is one group, so its
+    module-scoped fixtures are made once; a test about one suite joins the
+    group of its module and suite, so the bookworm and the trixie guests of
+    a module boot side by side, one on each worker. The VM tests go first,
+    longest module first (a lifecycle test boots six times), so that the
+    short ones fill the gaps at the end instead of one guest running alone.
+    """
+    for item in items:
+        params = item.callspec.params.values() if hasattr(item, "callspec") else ()
+        suites = [value for value in params if isinstance(value, str) and value in vm.SUITES]
+        group = item.module.__name__ + "".join(f"-{suite}" for suite in suites)
+        item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: VM_MODULES_LONGEST_FIRST.index(item.module.__name__)
+               if item.module.__name__ in VM_MODULES_LONGEST_FIRST else len(VM_MODULES_LONGEST_FIRST))
+
+
+# Minutes per suite, one vCPU, from a full run: lifecycle 18-20, early
+# 13, boot 10-12 (a shared stub machine and three more); the harness 1.
+VM_MODULES_LONGEST_FIRST = ["test_lifecycle", "test_early", "test_boot", "test_publish", "test_vm_harness"]
+
+
 @pytest.fixture(scope="session")
 def built_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`aa-pkg build` with the default settings: the package every test installs."""

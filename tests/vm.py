@@ -152,13 +152,12 @@ QEMU = "qemu-system-x86_64"
 # TCG, the default), trixie's kernel dies now and then in early boot with
 # "Oops: int3" (in enqueue_timer, sched_clock_cpu): the kernel patches its
 # own code live (static keys, through an int3: text_poke_bp), and the
-# other vCPU, in a thread of its own, apparently still ran a translation
-# holding the int3 after the patch was done. Booting the
-# kernel to a trivial /init 150 times: 3 such panics with -smp 2, none with
-# -smp 1, none with -smp 2 and -accel tcg,thread=single. A CI run boots
-# trixie dozens of times, so it almost always met one. -smp 1 costs less
-# than thread=single (trixie to the probe: 25-37 s with two vCPUs, 41-43 s
-# with one, 38-46 s with both in one thread).
+# other vCPU, in a thread of its own, still ran a translation that held
+# the int3. tools/probe-tcg-race, 150 boots of trixie's kernel to a static
+# /init: 3 such panics with two vCPUs, none with one. A CI run boots trixie
+# dozens of times, so it almost always met one. The host's second core
+# goes to a second guest instead: the tests run in two pytest-xdist
+# workers (setup.cfg), one guest each (conftest.py).
 VCPUS = 1
 
 
