@@ -16,21 +16,27 @@ import vm
 REPO = Path(__file__).resolve().parent.parent
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Which tests share a pytest-xdist worker (--dist loadgroup, setup.cfg), and their order.
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Which tests share a pytest-xdist worker (--dist loadgroup, setup.cfg).
 
     A worker runs a group at a time. A module is one group, so its
     module-scoped fixtures are made once; a test about one suite joins the
     group of its module and suite, so the bookworm and the trixie guests of
-    a module boot side by side, one on each worker. The VM tests go first,
-    longest module first (a lifecycle test boots six times), so that the
-    short ones fill the gaps at the end instead of one guest running alone.
+    a module boot side by side, one on each worker. (Marked here, as each
+    test is collected: xdist reads the marks in a collection_modifyitems
+    hook of its own, which may run before ours.)
     """
-    for item in items:
-        params = item.callspec.params.values() if hasattr(item, "callspec") else ()
-        suites = [value for value in params if isinstance(value, str) and value in vm.SUITES]
-        group = item.module.__name__ + "".join(f"-{suite}" for suite in suites)
-        item.add_marker(pytest.mark.xdist_group(group))
+    params = item.callspec.params.values() if isinstance(item, pytest.Function) and hasattr(item, "callspec") else ()
+    suites = [value for value in params if isinstance(value, str) and value in vm.SUITES]
+    item.add_marker(pytest.mark.xdist_group(item.module.__name__ + "".join(f"-{suite}" for suite in suites)))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The VM tests first, longest module first.
+
+    So that the short tests fill the gaps at the end, instead of one guest
+    running alone while the other worker idles.
+    """
     items.sort(key=lambda item: VM_MODULES_LONGEST_FIRST.index(item.module.__name__)
                if item.module.__name__ in VM_MODULES_LONGEST_FIRST else len(VM_MODULES_LONGEST_FIRST))
 
