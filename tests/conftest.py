@@ -32,9 +32,11 @@ def pytest_itemcollected(item: pytest.Item) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The VM tests first, longest module first.
+    """The VM tests first, longest module first (xdist keeps this order
+    with --no-loadscope-reorder, setup.cfg).
 
-    So that the short tests fill the gaps at the end, instead of one guest
+    So that the two lifecycle guests, the longest, boot side by side at the
+    start and the short tests fill the gaps at the end, instead of one guest
     running alone while the other worker idles.
     """
     items.sort(key=lambda item: VM_MODULES_LONGEST_FIRST.index(item.module.__name__)
