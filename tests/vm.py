@@ -161,6 +161,20 @@ QEMU = "qemu-system-x86_64"
 VCPUS = 1
 
 
+def qemu_command(kernel: Path, initrd: Path, log_path: Path, vcpus: int, append: str) -> list[str]:
+    """qemu booting kernel and initrd under TCG, its console in log_path; no disks."""
+    return [
+        QEMU, "-accel", "tcg", "-m", "2048", "-smp", str(vcpus),
+        "-nographic", "-monitor", "none", "-serial", f"file:{log_path}",
+        # -no-reboot: a reboot (or a panic, thanks to panic=-1 below)
+        # ends qemu at once instead of booting again or hanging until
+        # the timeout; a guest that cannot start PID 1 fails in seconds.
+        "-no-reboot", "-net", "none",
+        "-kernel", str(kernel), "-initrd", str(initrd),
+        "-append", f"console=ttyS0 panic=-1 {append}".strip(),
+    ]
+
+
 class ChrootError(subprocess.CalledProcessError):
     """A command in the chroot failed; str() includes its output."""
 
@@ -334,6 +348,7 @@ class Machine:
         self.boots: list[Boot] = []
         self._apt_updated = False
         self._attempts = 0
+        self.vcpus = VCPUS
 
     @classmethod
     def create(cls, suite: str, workdir: Path) -> "Machine":
@@ -468,15 +483,8 @@ class Machine:
         script_img.write_bytes(data + b"\0" * (512 - len(data) % 512))
 
         log_path = bootdir / "serial.log"
-        cmd = [
-            QEMU, "-accel", "tcg", "-m", "2048", "-smp", str(VCPUS),
-            "-nographic", "-monitor", "none", "-serial", f"file:{log_path}",
-            # -no-reboot: a reboot (or a panic, thanks to panic=-1 below)
-            # ends qemu at once instead of booting again or hanging until
-            # the timeout; a guest that cannot start PID 1 fails in seconds.
-            "-no-reboot", "-net", "none",
-            "-kernel", str(kernel), "-initrd", str(initrd),
-            "-append", f"root=/dev/vda rw console=ttyS0 panic=-1 {append}".strip(),
+        cmd = qemu_command(kernel, initrd, log_path, self.vcpus,
+                           f"root=/dev/vda rw {append}".strip()) + [
             "-drive", f"file={self.image},if=virtio,format=raw",
             "-drive", f"file={script_img},if=virtio,format=raw,readonly=on",
         ]
