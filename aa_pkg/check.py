@@ -3,6 +3,8 @@ dh_auto_test) so both build paths refuse a package that would not work."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -58,8 +60,40 @@ def check_profiles(profiles: Iterable[Path], include_dirs: Iterable[Path] = ()) 
                               hint="fix the profile; apparmor_parser names the line") from None
 
 
+# (init rules, roles) of each level and mode (roles follow the mode only), as aafs_sync_level copies them.
+LEVEL_VARIANTS = (
+    ("standard.init", "roles-enforce"),
+    ("standard.init", "roles-complain"),
+    ("hardened.init", "roles-enforce"),
+    ("hardened.init", "roles-complain"),
+)
+
+
 def check_policy(config: Config, tree: Path) -> None:
-    check_profiles(shipped_profiles(config, tree), include_dirs=[tree / "etc/apparmor.d"])
+    """Every shipped profile compiles; the full profile with the rules of every level.
+
+    The full profile includes the level's rules from a directory the target
+    fills in (aa-fullsystem level), so each variant is put into a directory
+    of its own that the parser searches first.
+    """
+    paths = Paths(config.package, config.profile_name)
+    etc = tree / "etc/apparmor.d"
+    full = tree / paths.full_profile.relative_to("/")
+    levels = tree / paths.levels.relative_to("/")
+    others = [p for p in shipped_profiles(config, tree) if p != full]
+    with tempfile.TemporaryDirectory(prefix="aa-pkg-levels-") as tmp:
+        level_dir = Path(tmp) / paths.level_dir.name
+        level_dir.mkdir()
+        shutil.copyfile(levels / LEVEL_VARIANTS[0][0], level_dir / paths.level_init.name)
+        shutil.copyfile(levels / LEVEL_VARIANTS[0][1], level_dir / paths.level_roles.name)
+        check_profiles(others, include_dirs=[Path(tmp), etc])
+        for init, roles in LEVEL_VARIANTS:
+            shutil.copyfile(levels / init, level_dir / paths.level_init.name)
+            shutil.copyfile(levels / roles, level_dir / paths.level_roles.name)
+            try:
+                check_profiles([full], include_dirs=[Path(tmp), etc])
+            except PolicyError as e:
+                raise PolicyError(f"{e} (with the level rules {init} and {roles})", hint=e.hint) from None
 
 
 def check_scripts(tree: Path) -> None:

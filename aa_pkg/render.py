@@ -65,6 +65,32 @@ class Paths:
         return PurePosixPath("/etc/apparmor.d/abi") / self.package
 
     @property
+    def levels(self) -> PurePosixPath:
+        # The rules of each level, as shipped; aa-fullsystem copies the
+        # configured one to level_init and level_roles.
+        return self.share / "levels"
+
+    @property
+    def level_dir(self) -> PurePosixPath:
+        # Inside /etc/apparmor.d, so the full profile finds the copies on the
+        # parser's include path (`include <DIR/NAME>`, apparmor.d(5)), at
+        # build time too (aa_pkg.check). A directory: apparmor.service loads
+        # the files of /etc/apparmor.d, not of its subdirectories.
+        return PurePosixPath("/etc/apparmor.d") / f"{self.package}.d"
+
+    @property
+    def level_init(self) -> PurePosixPath:
+        return self.level_dir / "init-exec"
+
+    @property
+    def level_roles(self) -> PurePosixPath:
+        return self.level_dir / "roles"
+
+    @property
+    def local_init(self) -> PurePosixPath:
+        return PurePosixPath("/etc/apparmor.d/local") / self.profile
+
+    @property
     def force_complain(self) -> PurePosixPath:
         # apparmor_parser loads a profile in complain mode when a file of the
         # same name exists here (apparmor.d(5), "force-complain").
@@ -107,6 +133,80 @@ class Paths:
 
 
 @dataclass(frozen=True)
+class Roles:
+    """The profiles of the hardened level's roles, named after init's profile."""
+
+    profile: str
+
+    @property
+    def service(self) -> str:
+        return f"{self.profile}-service"
+
+    @property
+    def system(self) -> str:
+        return f"{self.profile}-system"
+
+    @property
+    def admin(self) -> str:
+        return f"{self.profile}-admin"
+
+    @property
+    def pkg(self) -> str:
+        return f"{self.profile}-pkg"
+
+    def purpose(self) -> dict[str, str]:
+        return {
+            self.system: "PID 1's machinery: generators, shutdown, and the helpers that mount, check, load and configure the system.",
+            self.admin: "The administrator: sessions started by getty, sshd and systemd's rescue shells.",
+            self.pkg: "Package management run by the system: apt-daily and unattended-upgrades.",
+        }
+
+
+# Who runs in a role with power in the hardened level (level-hardened-init):
+# literal, resolved paths, for bookworm (systemd 252) and trixie (257).
+SYSTEM_PROGRAMS = (
+    *(f"/usr/lib/systemd/system-generators/systemd-{name}-generator" for name in (
+        "bless-boot", "cryptsetup", "debug", "factory-reset", "fstab", "getty", "gpt-auto",
+        "hibernate-resume", "import", "integritysetup", "rc-local", "run", "ssh", "system-update",
+        "sysv", "tpm2", "veritysetup")),
+    "/usr/lib/systemd/systemd-shutdown",
+    "/usr/lib/systemd/systemd-modules-load",
+    "/usr/lib/systemd/systemd-sysctl",
+    "/usr/lib/systemd/systemd-binfmt",
+    "/usr/lib/systemd/systemd-fsck",
+    "/usr/lib/systemd/systemd-remount-fs",
+    "/usr/lib/systemd/systemd-growfs",
+    "/usr/lib/systemd/systemd-makefs",
+    "/usr/lib/systemd/systemd-cryptsetup",
+    "/usr/lib/systemd/systemd-quotacheck",
+    "/usr/lib/systemd/systemd-random-seed",
+    "/usr/bin/systemd-tmpfiles",
+    "/usr/bin/systemd-sysusers",
+    "/usr/bin/systemd-hwdb",
+    "/usr/bin/systemd-machine-id-setup",
+    "/usr/bin/udevadm",
+    "/usr/bin/kmod",
+    "/usr/bin/mount",
+    "/usr/bin/umount",
+    "/usr/sbin/swapon",
+    "/usr/sbin/swapoff",
+    "/usr/sbin/fsck",
+    "/usr/sbin/e2fsck",
+    "/usr/sbin/ldconfig",
+    "/usr/lib/apparmor/apparmor.systemd",
+    "/usr/sbin/apparmor_parser",
+)
+ADMIN_PROGRAMS = (
+    "/usr/sbin/agetty",
+    "/usr/sbin/sshd",
+    "/usr/lib/openssh/sshd-session",
+    "/usr/lib/systemd/systemd-sulogin-shell",
+    "/usr/sbin/sulogin",
+)
+PKG_PROGRAMS = ("/usr/lib/apt/apt.systemd.daily",)
+
+
+@dataclass(frozen=True)
 class Shipped:
     template: str
     destination: PurePosixPath
@@ -123,6 +223,10 @@ def shipped_files(paths: Paths) -> list[Shipped]:
         Shipped("init-stub.apparmor.j2", paths.stub_profile, 0o644),
         Shipped("init-full.apparmor.j2", paths.full_profile, 0o644),
         Shipped("init.abi.j2", paths.init_abi, 0o644),
+        Shipped("level-standard-init.apparmor.j2", paths.levels / "standard.init", 0o644),
+        Shipped("level-hardened-init.apparmor.j2", paths.levels / "hardened.init", 0o644),
+        Shipped("roles-enforce.apparmor.j2", paths.levels / "roles-enforce", 0o644),
+        Shipped("roles-complain.apparmor.j2", paths.levels / "roles-complain", 0o644),
         Shipped("aa-fullsystem.sh.j2", PurePosixPath("/usr/sbin/aa-fullsystem"), 0o755),
         Shipped("aa-fullsystem.8.j2", PurePosixPath("/usr/share/man/man8/aa-fullsystem.8"), 0o644),
     ]
@@ -159,6 +263,11 @@ def context(config: Config) -> dict[str, Any]:
         "mode": str(config.mode),
         "paths": paths,
         "kernel_parameter": KERNEL_PARAMETER,
+        "roles": Roles(config.profile_name),
+        "role_purpose": Roles(config.profile_name).purpose(),
+        "system_programs": SYSTEM_PROGRAMS,
+        "admin_programs": ADMIN_PROGRAMS,
+        "pkg_programs": PKG_PROGRAMS,
         "extra_profiles": [p.name for p in config.extra_profiles],
     }
 

@@ -2,11 +2,9 @@
 
 One guest per suite, in the full stage with `aa-fullsystem early all`, and a
 test profile for systemd-udevd (Debian ships none), which PID 1 starts long
-before apparmor.service. (systemd-journald would be the other candidate, but
-its unit runs it with no_new_privs, under which AppArmor refuses any
-transition out of init's profile except to a stack on it: kernel log
-`info="no new privs"`. A profile for it belongs stacked, `px -> &name`, in
-local/fullsystem-init.)
+before apparmor.service. (systemd-journald would be the other candidate; its
+unit runs it with no_new_privs, which the stacked transition of init's
+profile, `Pix -> &fullsystem-init`, also serves.)
 
   boot 1  the initramfs was built in a chroot, where no kernel features can
           be read: no precompiled policy, the init policy only, and both the
@@ -202,7 +200,8 @@ def test_precompiled_policy_loaded_before_init(suite, built_deb, tmp_path):
     assert f"initramfs-{PROFILE}" in files and set(EARLY_SERVICES) <= set(files), where(b)
     assert PROFILE not in files, where(b)
     for name, (_, program) in EARLY_SERVICES.items():
-        assert b.values[f"{program}.label"] == f"{name} (complain)", where(b)
+        # Its own profile, stacked on init's (the standard level's exec rule).
+        assert b.values[f"{program}.label"] == f"{name}//&{PROFILE} (complain)", where(b)
     print(f"FIGURES suite={suite} early=cache files={len(files)} initramfs_load_ms={b.values['record.elapsed_ms']}")
     assert b.values["other_kernel_update_exit"] == "0", where(b)
 

@@ -134,6 +134,8 @@ def unchanged(machine: vm.Machine):
     (["--bogus"], 2, "aa-fullsystem: error: unknown option '--bogus'"),
     (["status", "--bogus"], 2, "aa-fullsystem: error: unknown argument '--bogus' for status"),
     (["early", "all"], 1, "aa-fullsystem: error: loading all policy early needs the full stage"),
+    (["level", "paranoid"], 2, "aa-fullsystem: error: unknown level 'paranoid'"),
+    (["level", "hardened"], 1, "aa-fullsystem: error: the hardened level needs the full stage"),
 ])
 def test_bad_input_is_refused_and_changes_nothing(installed, args, status, message):
     check = unchanged(installed)
@@ -150,8 +152,8 @@ def test_status_json_is_json(installed, args):
     result = installed.chroot_run(["aa-fullsystem", *args], check=False)
     assert result.returncode == 0, chroot_text(result)
     status = json.loads(result.stdout)
-    assert (status["configured_stage"], status["configured_mode"], status["configured_early"]) == \
-        ("stub", "complain", "init"), status
+    assert (status["configured_stage"], status["configured_mode"], status["configured_early"],
+            status["configured_level"]) == ("stub", "complain", "init", "standard"), status
     assert status["boot"]["outcome"] == "", status       # a chroot has no boot record
     assert isinstance(status["unconfined_processes"], int), status
 

@@ -43,16 +43,22 @@ def test_initramfs_script_names_are_valid() -> None:
 
 
 def test_every_template_is_shipped() -> None:
+    """Every template but the partials (_*.j2, included by others) is a shipped file."""
     used = {s.template for s in shipped_files(Paths("p", "q"))} | {f"{s}.sh.j2" for s in MAINTAINER_SCRIPTS} \
         | {f"{c}.j2" for c in CONTROL_FILES}
-    assert used == {p.name for p in TEMPLATES.glob("*.j2")}
+    assert used == {p.name for p in TEMPLATES.glob("*.j2") if not p.name.startswith("_")}
 
 
 def test_every_template_opens_with_a_header_naming_its_place() -> None:
     for template in TEMPLATES.glob("*.j2"):
         text = template.read_text()
+        header = text.split("#}")[0]
         assert text.startswith("{# "), template
-        assert "Installed as" in text.split("#}")[0] or "Rendered to" in text.split("#}")[0], template
+        if template.name.startswith("_"):
+            assert "Included by" in header, template
+            assert any(f'"{template.name}"' in other.read_text() for other in TEMPLATES.glob("*.j2")), template
+        else:
+            assert "Installed as" in header or "Rendered to" in header, template
 
 
 def test_undefined_values_are_errors() -> None:
@@ -91,22 +97,38 @@ def test_shell_scripts_pass_sh_n_checkbashisms_shellcheck(rendered: tuple[Path, 
 
 @pytest.mark.tools
 def test_profiles_compile_with_the_parser(rendered: tuple[Path, Path]) -> None:
+    """The stub, and the full profile with the rules of each level and mode (aa_pkg.check)."""
+    from aa_pkg.check import LEVEL_VARIANTS, check_policy
+
     vm.require_tools("apparmor_parser")
     tree, _ = rendered
-    for profile in (tree / "usr/share/apparmor-fullsystem/init-stub", tree / "etc/apparmor.d/fullsystem-init"):
-        run(["apparmor_parser", "--skip-kernel-load", "--skip-cache", "--quiet",
-             "--Include", tree / "etc/apparmor.d", profile])
+    assert {init for init, _ in LEVEL_VARIANTS} == {"standard.init", "hardened.init"}
+    assert {roles for _, roles in LEVEL_VARIANTS} == {"roles-enforce", "roles-complain"}
+    check_policy(Config(), tree)
+
+
+def level_includes(tree: Path, directory: Path, level: str = "standard", mode: str = "enforce") -> Path:
+    """A directory with the level's rules where the full profile includes them, as aafs_sync_level copies them."""
+    paths = Paths("apparmor-fullsystem", "fullsystem-init")
+    levels = tree / paths.levels.relative_to("/")
+    (directory / paths.level_dir.name).mkdir(parents=True)
+    (directory / paths.level_dir.name / paths.level_init.name).write_bytes((levels / f"{level}.init").read_bytes())
+    (directory / paths.level_dir.name / paths.level_roles.name).write_bytes((levels / f"roles-{mode}").read_bytes())
+    return directory
 
 
 @pytest.mark.tools
-def test_stub_and_full_profile_share_the_name_and_attachment(rendered: tuple[Path, Path]) -> None:
-    """The full profile replaces the stub in place only if the names match."""
+def test_stub_and_full_profile_share_the_name_and_attachment(rendered: tuple[Path, Path], tmp_path: Path) -> None:
+    """The full profile replaces the stub in place only if the names match; its file adds the roles."""
     vm.require_tools("apparmor_parser")
     tree, _ = rendered
+    includes = level_includes(tree, tmp_path / "levels")
 
     def names(profile: Path) -> str:
         return run(["apparmor_parser", "--skip-kernel-load", "--skip-cache", "--names",
-                    "--Include", tree / "etc/apparmor.d", profile]).stdout
+                    "--Include", includes, "--Include", tree / "etc/apparmor.d", profile]).stdout
 
     assert names(tree / "usr/share/apparmor-fullsystem/init-stub") == "fullsystem-init\n"
-    assert names(tree / "etc/apparmor.d/fullsystem-init") == "fullsystem-init\n"
+    assert sorted(names(tree / "etc/apparmor.d/fullsystem-init").split()) == [
+        "fullsystem-init", "fullsystem-init-admin", "fullsystem-init-pkg", "fullsystem-init-service",
+        "fullsystem-init-system"]
