@@ -21,10 +21,10 @@ import pytest
 
 try:                    # tests/ imported as a package
     from . import vm
-    from .guest import INITRAMFS_DIR, LAST_GOOD, STATE, chroot_text, lsinitramfs, sha256
+    from .guest import INITRAMFS_DIR, LAST_GOOD, STATE, chroot_text, initramfs_file, lsinitramfs, sha256
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
-    from guest import INITRAMFS_DIR, LAST_GOOD, STATE, chroot_text, lsinitramfs, sha256
+    from guest import INITRAMFS_DIR, LAST_GOOD, STATE, chroot_text, initramfs_file, lsinitramfs, sha256
 
 pytestmark = [pytest.mark.tools, pytest.mark.slow]
 
@@ -191,3 +191,51 @@ def test_broken_state_file_is_named_with_its_line(installed):
         assert "invalid state file" in status.stdout, chroot_text(status)
     finally:
         state.write_text(good)
+
+
+def test_level_hardened_and_back(built_deb, tmp_path):
+    """`aa-fullsystem level`: the level's rules follow the state and the mode into the initramfs, and back."""
+    machine = base_machine(tmp_path / "machine")
+    machine.chroot_run(["dpkg", "-i", put_deb(machine, built_deb)])
+    levels = f"/usr/share/{PACKAGE}/levels"
+    copies = f"/etc/apparmor.d/{PACKAGE}.d"
+
+    def copied(name: str) -> bytes:
+        return machine.read_file(f"{copies}/{name}")
+
+    # A fresh install: the standard level's rules, in the configured mode's variant.
+    assert copied("init-exec") == machine.read_file(f"{levels}/standard.init")
+    assert copied("roles") == machine.read_file(f"{levels}/roles-complain")
+
+    refused = machine.chroot_run(["aa-fullsystem", "level", "hardened"], check=False)
+    assert refused.returncode == 1 and "needs the full stage" in refused.stdout, chroot_text(refused)
+    machine.chroot_run(["aa-fullsystem", "stage", "full"])
+    done = machine.chroot_run(["aa-fullsystem", "level", "hardened"])
+    assert "level hardened. Reboot to apply." in done.stdout, chroot_text(done)
+    assert re.search(rb"^LEVEL=hardened$", machine.read_file(STATE), re.M)
+    assert copied("init-exec") == machine.read_file(f"{levels}/hardened.init")
+    # Complain mode: audit rules, which log and allow; no deny rule, which
+    # AppArmor would enforce even in complain mode.
+    shipped = initramfs_file(machine, "init-full")
+    assert b"-> &fullsystem-init//&fullsystem-init-service," in shipped
+    assert b"audit /boot/{,**} wl," in shipped and b"audit deny" not in shipped
+
+    # The stub stage has no hardened level: refused, with the way out.
+    refused = machine.chroot_run(["aa-fullsystem", "stage", "stub"], check=False)
+    assert refused.returncode == 1, chroot_text(refused)
+    assert refused.stdout.splitlines() == [
+        "aa-fullsystem: error: the stub stage has no hardened level",
+        "aa-fullsystem: hint: run 'aa-fullsystem level standard' first"], chroot_text(refused)
+
+    machine.chroot_run(["aa-fullsystem", "mode", "enforce"])
+    assert copied("roles") == machine.read_file(f"{levels}/roles-enforce")
+    assert b"audit deny /boot/{,**} wl," in initramfs_file(machine, "init-full")
+
+    machine.chroot_run(["aa-fullsystem", "level", "standard"])
+    assert copied("init-exec") == machine.read_file(f"{levels}/standard.init")
+    shipped = initramfs_file(machine, "init-full")
+    assert b"/** Pix -> &fullsystem-init," in shipped and b"//&fullsystem-init-service," not in shipped
+
+    # Purge leaves none of the copies.
+    machine.chroot_run(["dpkg", "--purge", PACKAGE])
+    assert not (machine.root / copies.lstrip("/")).exists()
