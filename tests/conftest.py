@@ -161,3 +161,23 @@ profile {SITE_PROBE_PROFILE} {SITE_PROBE_PATH} flags=(complain) {{
     config.write_text(f'[site_policy]\npackage = "{SITE_PROBE_PACKAGE}"\nversion = "1.0"\nprofiles = "profiles"\n')
     (deb,) = build_packages(load_config(config), work / "out")
     return deb
+
+
+# Seconds spent in each test module (setup, call and teardown of its tests,
+# so module fixtures count where they are made), summed over the workers.
+_MODULE_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    module = report.nodeid.split("::", 1)[0]
+    _MODULE_SECONDS[module] = _MODULE_SECONDS.get(module, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The run ends with a table of time per module, longest first."""
+    if not _MODULE_SECONDS:
+        return
+    terminalreporter.section("time per module (seconds, summed over workers)")
+    for module, seconds in sorted(_MODULE_SECONDS.items(), key=lambda item: -item[1]):
+        terminalreporter.write_line(f"{seconds:9.1f}  {module}")
+    terminalreporter.write_line(f"{sum(_MODULE_SECONDS.values()):9.1f}  (all)")
