@@ -28,7 +28,10 @@ its script from the raw disk /dev/vdb and turn the console's log level down.
 
 from __future__ import annotations
 
+import json
 import shlex
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -45,8 +48,13 @@ pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
 SERVICE = f"{PROFILE}-service"
 ADMIN = f"{PROFILE}-admin"
+PKG = f"{PROFILE}-pkg"
 EXTRA_PACKAGES = ("openssh-server", "openssh-client", "cron", "unattended-upgrades")
 OPS_DIR = "/usr/local/lib/aafs-ops"
+KERNEL_DEB = "/root/kernel.deb"
+UU_PACKAGE = "aafs-uu-probe"
+UU_REPO = "/srv/aafs-test-repository"
+UU_LABEL = "/run/aafs-uu-postinst-label"
 
 # One protected operation each (README, THREAT MODEL): a shell command that
 # succeeds for root with every right, and that leaves nothing behind.
@@ -158,7 +166,14 @@ def hardened(request, built_deb, tmp_path_factory) -> vm.Machine:
     machine.chroot_run(["apt-get", "update"])
     machine._apt_updated = True
     machine.chroot_run(["apt-get", "install", "-y", "--no-install-recommends", *EXTRA_PACKAGES])
+    # The image's own kernel package, for the admin to reinstall from a local .deb.
+    kernel_package = machine.chroot_run(
+        ["dpkg-query", "-S", machine.kernel_paths()[0]]).stdout.split(":", 1)[0]
+    machine.chroot_run(["sh", "-c", 'apt-get install --reinstall --download-only -y "$1"'
+                        ' && mv /var/cache/apt/archives/"$1"_*.deb ' + KERNEL_DEB + " && apt-get clean",
+                        "sh", kernel_package])
     machine.install_debs([built_deb])
+    uu_repository(machine, tmp_path_factory.mktemp(f"uu-{suite}"))
     root = machine.root
     (root / "etc/sysctl.d/10-aafs-test-no-printk-ratelimit.conf").write_text(NO_PRINTK_RATELIMIT)
     (root / "etc/apparmor.d/local" / PROFILE).write_text(
@@ -177,8 +192,8 @@ def hardened(request, built_deb, tmp_path_factory) -> vm.Machine:
         (ops / name).write_text(command + "\n")
     (ops / "whoami").write_text("cat /proc/self/attr/current\n")
     machine.chroot_run(["systemctl", "enable", f"{OWN}.service", f"{NNP}.service", f"{PLAIN}.service"])
-    machine.chroot_run(["sh", "-c", "mkdir -p -m 700 /root/.ssh && ssh-keygen -q -t ed25519 -N '' -f /root/.ssh/id_ed25519"
-                        " && cp /root/.ssh/id_ed25519.pub /root/.ssh/authorized_keys"])
+    machine.chroot_run(["sh", "-c", ("mkdir -p -m 700 /root/.ssh && ssh-keygen -q -t ed25519 -N '' -f /root/.ssh/id_ed25519"
+                                     " && cp /root/.ssh/id_ed25519.pub /root/.ssh/authorized_keys")])
     for command in (["stage", "full"], ["mode", "enforce"], ["level", "hardened"]):
         done = machine.chroot_run(["aa-fullsystem", *command])
         print(f"--- {suite}: aa-fullsystem {shlex.join(command)}\n{done.stdout}")
@@ -190,19 +205,99 @@ def status(op_value: str) -> str:
     return op_value.split(" ", 1)[0]
 
 
+def uu_package(work: Path, version: str) -> Path:
+    """A package whose postinst runs update-initramfs, as a kernel module's package does."""
+    tree = work / f"{UU_PACKAGE}-{version}"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN/control").write_text(
+        f"Package: {UU_PACKAGE}\nVersion: {version}\nArchitecture: all\nMaintainer: aafs tests <t@test.invalid>\n"
+        "Priority: optional\nSection: admin\nDescription: test package upgraded by unattended-upgrades\n")
+    (tree / "DEBIAN/postinst").write_text(
+        "#!/bin/sh\nset -e\nif [ \"$1\" = configure ]; then\n"
+        f"    cat /proc/self/attr/current >{UU_LABEL}\n"
+        "    update-initramfs -u\nfi\n")
+    (tree / "DEBIAN/postinst").chmod(0o755)
+    deb = work / f"{UU_PACKAGE}_{version}_all.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", tree, deb], check=True, capture_output=True)
+    return deb
+
+
+def uu_repository(machine: vm.Machine, work: Path) -> None:
+    """Version 1.0 installed, 1.1 in a local repository unattended-upgrades may take it from; no other source."""
+    vm.require_tools("dpkg-deb", "apt-ftparchive")
+    old = uu_package(work, "1.0")
+    (machine.root / "root" / old.name).write_bytes(old.read_bytes())
+    machine.chroot_run(["dpkg", "-i", f"/root/{old.name}"])
+    repo = machine.root / UU_REPO.lstrip("/")
+    repo.mkdir(parents=True)
+    new = uu_package(work, "1.1")
+    (repo / new.name).write_bytes(new.read_bytes())
+    packages = subprocess.run(["apt-ftparchive", "packages", "."], cwd=repo, check=True, capture_output=True).stdout
+    (repo / "Packages").write_bytes(packages)
+    release = subprocess.run(["apt-ftparchive", "-o", "APT::FTPArchive::Release::Origin=aafs-test",
+                              "-o", "APT::FTPArchive::Release::Label=aafs-test",
+                              "-o", "APT::FTPArchive::Release::Suite=aafs-test",
+                              "-o", "APT::FTPArchive::Release::Codename=aafs-test", "release", "."],
+                             cwd=repo, check=True, capture_output=True).stdout
+    (repo / "Release").write_bytes(release)
+    apt = machine.root / "etc/apt"
+    for sources in [apt / "sources.list", *apt.glob("sources.list.d/*")]:
+        sources.unlink()              # the guest has no network: only the local repository
+    (apt / "sources.list.d/aafs-test.list").write_text(f"deb [trusted=yes] file:{UU_REPO} ./\n")
+    (apt / "apt.conf.d/51aafs-test").write_text(
+        'APT::Periodic::Update-Package-Lists "1";\nAPT::Periodic::Unattended-Upgrade "1";\n'
+        'APT::Periodic::RandomSleep "0";\nUnattended-Upgrade::Origins-Pattern { "origin=aafs-test"; };\n')
+
+
 def boot(machine: vm.Machine, script: str, append: str = "") -> vm.Boot:
-    result = machine.boot(script=script, append=append, timeout=900)
+    result = machine.boot(script=script, append=append, timeout=1500)
     drop_stale_root(machine)
     print(f"--- {machine.suite} boot {len(machine.boots)} ({append or 'normal'})\n{result.output}")
     assert result.reached_multi_user, where(result)
     return result
 
 
+INITRD_SHA = 'sha256sum "/boot/initrd.img-$(uname -r)" | cut -d" " -f1'
+
+STATUS = """
+aa-fullsystem status
+echo "@@ status_exit=$?"
+echo "@@ status_json=$(aa-fullsystem --json status)"
+"""
+
+REINSTALL_KERNEL = f"""
+echo "@@ initrd_before=$({INITRD_SHA})"
+{SSH} dpkg -i {KERNEL_DEB} >/run/kernel.log 2>&1
+echo "@@ kernel_reinstall_exit=$?"
+cat /run/kernel.log
+echo "@@ initrd_after=$({INITRD_SHA})"
+"""
+
+UNATTENDED_UPGRADE = f"""
+echo "@@ initrd_before_uu=$({INITRD_SHA})"
+{SSH} apt-get update >/run/update.log 2>&1
+echo "@@ apt_update_exit=$?"
+cat /run/update.log
+systemctl start apt-daily-upgrade.service
+echo "@@ uu_service=$(systemctl show -p Result --value apt-daily-upgrade.service)"
+echo "@@ uu_version=$(dpkg-query -W -f '${{Version}}' {UU_PACKAGE})"
+echo "@@ uu_postinst_label=$(cat {UU_LABEL} 2>&1)"
+echo "@@ initrd_after_uu=$({INITRD_SHA})"
+echo "--- unattended-upgrades' log"
+cat /var/log/unattended-upgrades/unattended-upgrades.log
+"""
+
+LEVEL_STANDARD = """
+aa-fullsystem level standard >/run/level.log 2>&1
+echo "@@ level_standard_exit=$?"
+cat /run/level.log
+"""
+
+
 def test_hardened_enforced_refuses_services_and_keeps_the_admin(hardened):
     machine = hardened
     b = boot(machine, DENIED_AT_START + REPORT + LABELS + run_ops("service", PROTECTED) + run_ops("admin", PROTECTED)
-             + DENIALS + FAST_INITRAMFS + "aa-fullsystem level standard >/run/level.log 2>&1\n"
-             + 'echo "@@ level_standard_exit=$?"\ncat /run/level.log\n')
+             + DENIALS + STATUS + FAST_INITRAMFS + REINSTALL_KERNEL)
     v = b.values
     assert v["pid1"] == f"{PROFILE} (enforce)", where(b)
     assert v["record.level"] == "hardened" and v["record.loaded_stage"] == "full", where(b)
@@ -230,20 +325,46 @@ def test_hardened_enforced_refuses_services_and_keeps_the_admin(hardened):
     done = [name for name in PROTECTED if status(v[f"op.{name}.admin"]) == "0"]
     assert refused == list(PROTECTED), f"not refused to a service: {set(PROTECTED) - set(refused)}\n{where(b)}"
     assert done == list(PROTECTED), f"refused to the admin: {set(PROTECTED) - set(done)}\n{where(b)}"
-    # ... each refusal by the service role, in the kernel log.
+    # ... each refusal by the service role, in the kernel log, and in status.
     assert int(v["denied_dmesg"]) >= len(PROTECTED), where(b)
-    assert f'profile="{SERVICE}"' in b.output, where(b)
+    report = json.loads(v["status_json"])
+    assert report["configured_level"] == "hardened", report
+    assert report["denied_count"] == int(v["denied_dmesg"]), report
+    targets = {(d["profile"], d["program"], d["target"]) for d in report["denied"]}
+    assert (SERVICE, "touch", "/boot/aafs-probe") in targets, report
+    assert (SERVICE, "dd", "/dev/mem") in targets, report
+    assert (SERVICE, "modprobe", "sys_module") in targets, report
+    assert f"Px -> {PROFILE}-system," in report["next_step"], report
+    assert f"Refused this boot: {v['denied_dmesg']} " in b.output, where(b)
 
-    assert v["level_standard_exit"] == "0", where(b)
+    # The administrator reinstalls the kernel over ssh: its postinst rebuilds
+    # the initramfs (in the admin's role, so the hook may write /boot).
+    assert v["kernel_reinstall_exit"] == "0", where(b)
+    assert v["initrd_after"] != v["initrd_before"], where(b)
 
-    # Boot 2: the escape hatch, with the initramfs still of the hardened level
-    # (level standard rebuilt it: this checks the hatch on the state at hand).
+    # Boot 2: the escape hatch, on the hardened level.
     b = boot(machine, REPORT + run_ops("service", ["load_module"]), append="aa_fullsystem=off")
     assert b.values["pid1"] == "unconfined", where(b)
     assert b.values["record.outcome"] == "skipped", where(b)
     assert status(b.values["op.load_module.service"]) == "0", where(b)
 
-    # Boot 3: the standard level: services with init's rights again.
+    # Boot 3: the initramfs the kernel's reinstall built, hardened, enforced;
+    # then unattended-upgrades, started by PID 1, upgrades a package whose
+    # postinst runs update-initramfs; then back to the standard level.
+    b = boot(machine, DENIED_AT_START + REPORT + DENIALS + UNATTENDED_UPGRADE + LEVEL_STANDARD)
+    v = b.values
+    assert v["initrd_before_uu"] == machine.boots[0].values["initrd_after"], where(b)
+    assert v["pid1"] == f"{PROFILE} (enforce)" and v["record.level"] == "hardened", where(b)
+    assert v["denied_at_start"] == "0", where(b)
+    assert v["apt_update_exit"] == "0", where(b)
+    assert v["uu_service"] == "success", where(b)
+    assert v["uu_version"] == "1.1", where(b)
+    assert v["uu_postinst_label"] == f"{PKG} (enforce)", where(b)
+    assert v["initrd_after_uu"] != v["initrd_before_uu"], where(b)
+    assert v["denied_dmesg"] == "0", where(b)
+    assert v["level_standard_exit"] == "0", where(b)
+
+    # Boot 4: the standard level: services with init's rights again.
     b = boot(machine, REPORT + LABELS + run_ops("service", ["write_boot", "load_module"]) + DENIALS)
     v = b.values
     assert v["pid1"] == f"{PROFILE} (enforce)", where(b)
