@@ -119,6 +119,15 @@ def _datetime(where: str, value: Any) -> datetime.datetime:
     raise _fail(where, f"{value!r} is not a TOML date", "write a bare date such as 2026-11-25 (no quotes)")
 
 
+def _utf8(where: str, raw: bytes, hint: str) -> str:
+    """The text of a file that must be UTF-8; an error names the first bad byte and its line."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise _fail(where, f"not UTF-8: byte 0x{raw[e.start]:02x} on line {line}", hint) from None
+
+
 def _profile_dir(where: str, value: Any, base: Path, empty_hint: str) -> tuple[Path, ...]:
     directory = base / _string(where, value, None, "give a directory of AppArmor profiles, relative to the config file")
     if not directory.is_dir():
@@ -183,10 +192,12 @@ def _known(keys: Any) -> str:
 
 def load_config(path: Path) -> Config:
     try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
+        raw = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}", hint="check the --config path") from None
+    try:
+        # TOML is UTF-8 (toml.io, "Spec"); tomllib would raise a bare UnicodeDecodeError.
+        data = tomllib.loads(_utf8(str(path), raw, "save the file as UTF-8, e.g. with iconv -f latin1 -t utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}", hint="see README.md, 'Site variants', for an example") from None
 

@@ -16,6 +16,18 @@ def aa_pkg(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
 
 
+def build_fails_cleanly(config: Path, out: Path) -> tuple[str, str]:
+    """`python -m aa_pkg build` exits 1 with two lines, error and hint, and writes no .deb."""
+    result = aa_pkg("build", "--config", str(config), "--out", str(out), cwd=config.parent)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and "Traceback" not in result.stderr, result.stderr
+    assert not out.exists()
+    error, hint = lines
+    assert error.startswith("aa-pkg: error: ") and hint.startswith("aa-pkg: hint: ")
+    return error.removeprefix("aa-pkg: error: "), hint.removeprefix("aa-pkg: hint: ")
+
+
 @pytest.mark.parametrize("text", [
     "[package]\nname = 'Bad Name'\n",
     "[policy]\nmode = 'enforce'\n",
@@ -35,6 +47,14 @@ def test_bad_config_fails_cleanly(tmp_path: Path, text: str) -> None:
     assert lines[1].startswith("aa-pkg: hint: ")
     assert "Traceback" not in result.stderr
     assert not out.exists() or not list(out.iterdir())
+
+
+def test_config_not_utf8(tmp_path: Path) -> None:
+    config = tmp_path / "site.toml"
+    config.write_bytes(b"[package]\nversion = '0.1+acme1'\nchangelog = 'Caf\xe9 build.'\n")
+    error, hint = build_fails_cleanly(config, tmp_path / "dist")
+    assert error == f"{config}: not UTF-8: byte 0xe9 on line 3"
+    assert "UTF-8" in hint
 
 
 def test_help_and_version(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from conftest import SITE_PROBE_PACKAGE as PROBE_PACKAGE
 from conftest import SITE_PROBE_PATH as PROBE_PATH
 from conftest import SITE_PROBE_PROFILE as PROBE_PROFILE
 from test_build import errors_and_warnings, lintian
-from test_main import aa_pkg
+from test_main import aa_pkg, build_fails_cleanly
 
 # PROBE_*: what the session fixture site_policy_deb (conftest.py) ships, under
 # the names the VM tests import from here.
@@ -301,18 +301,6 @@ def test_command_line(tmp_path: Path) -> None:
     result = aa_pkg("build", "--config", str(site(tmp_path)), "--out", str(out), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"{out / 'site-policy-example_1.0_all.deb'}\n"
-
-
-def build_fails_cleanly(config: Path, out: Path) -> tuple[str, str]:
-    """`python -m aa_pkg build` exits 1 with two lines, error and hint, and writes no .deb."""
-    result = aa_pkg("build", "--config", str(config), "--out", str(out), cwd=config.parent)
-    assert result.returncode == 1
-    lines = result.stderr.splitlines()
-    assert len(lines) == 2 and "Traceback" not in result.stderr, result.stderr
-    assert not out.exists()
-    error, hint = lines
-    assert error.startswith("aa-pkg: error: ") and hint.startswith("aa-pkg: hint: ")
-    return error.removeprefix("aa-pkg: error: "), hint.removeprefix("aa-pkg: hint: ")
 
 
 @pytest.mark.tools
