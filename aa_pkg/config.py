@@ -8,6 +8,7 @@ The file format is documented in README.md ("Site variants").
 from __future__ import annotations
 
 import datetime
+import fnmatch
 import re
 import tomllib
 from collections.abc import Callable
@@ -42,10 +43,24 @@ PROFILE_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 NATIVE_VERSION_RE = re.compile(r"(?:[0-9]+:)?[0-9][A-Za-z0-9.+~]*")
 MAINTAINER_RE = re.compile(r"[^<>,\n]+ <[^<>@\s]+@[^<>@\s]+>")
 DISTRIBUTION_RE = re.compile(r"[a-z0-9][a-z0-9.-]*")
-# Profile file names: what apparmor_parser loads from a directory (it skips
-# dotfiles and dpkg/rpm leftovers), restricted to shell-safe characters.
+# Profile file names are shell-safe; a name that one of these rules drops
+# would build a package that silently lacks the profile, so each is refused
+# with its rule. ("{}" is the pattern the name matched.)
 PROFILE_FILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-PROFILE_FILE_SKIPPED_SUFFIXES = (".dpkg-new", ".dpkg-old", ".dpkg-dist", ".dpkg-bak", ".rpmnew", ".rpmsave", "~")
+PROFILE_FILE_DROPPED: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # apparmor.service hands apparmor_parser a directory; in it the parser
+    # skips these (libapparmor's _aa_is_blacklisted, and README).
+    ("apparmor_parser skips {} when it loads a directory",
+     (".*", "README", "*.dpkg-new", "*.dpkg-old", "*.dpkg-dist", "*.dpkg-bak", "*.dpkg-remove",
+      "*.pacsave", "*.pacnew", "*.rpmnew", "*.rpmsave", "*.orig", "*.rej", "*~")),
+    # aafs_site_profiles (templates/functions.sh.j2), which lists policy.d
+    # for the initramfs hook and aa-fullsystem.
+    ("the initramfs hook skips {} in policy.d", (".*", "*.dpkg-*", "*.rpmnew", "*.rpmsave", "*~")),
+    # dh_clean(1) deletes editor and patch leftovers anywhere in the source
+    # tree, and `debian/rules clean` runs before every build.
+    ("dh_clean deletes {} before the build",
+     ("#*#", "*~", "*.orig", "*.rej", "*.bak", "DEADJOE", "TAGS", ".SUMS")),
+)
 # A Description synopsis (Debian Policy 3.4.1): one line, under 80 characters.
 # It lands in debian/control, where a newline would start another field.
 SYNOPSIS_RE = re.compile(r"[^\s\x00-\x1f\x7f](?:[^\x00-\x1f\x7f]{0,78}[^\s\x00-\x1f\x7f])?")
@@ -128,6 +143,16 @@ def _utf8(where: str, raw: bytes, hint: str) -> str:
         raise _fail(where, f"not UTF-8: byte 0x{raw[e.start]:02x} on line {line}", hint) from None
 
 
+def _dropped(name: str) -> list[str]:
+    """The rules of PROFILE_FILE_DROPPED that drop a file of this name, each with the pattern it matched."""
+    reasons = []
+    for rule, patterns in PROFILE_FILE_DROPPED:
+        matched = [pattern for pattern in patterns if fnmatch.fnmatchcase(name, pattern)]
+        if matched:
+            reasons.append(rule.format(repr(matched[0])))
+    return reasons
+
+
 def _profile_dir(where: str, value: Any, base: Path, empty_hint: str) -> tuple[Path, ...]:
     directory = base / _string(where, value, None, "give a directory of AppArmor profiles, relative to the config file")
     if not directory.is_dir():
@@ -135,11 +160,14 @@ def _profile_dir(where: str, value: Any, base: Path, empty_hint: str) -> tuple[P
     profiles = []
     for path in sorted(directory.iterdir()):
         name = path.name
-        if path.is_dir() or name.startswith("."):
-            continue
-        if not PROFILE_FILE_RE.fullmatch(name) or name.endswith(PROFILE_FILE_SKIPPED_SUFFIXES):
+        if path.is_dir():
+            continue  # apparmor_parser does not descend into one either
+        if dropped := _dropped(name):
+            raise _fail(where, f"profile file name {name!r} is refused: {'; '.join(dropped)}",
+                        "rename or remove it; name a profile file after the program, e.g. 'usr.sbin.acme'")
+        if not PROFILE_FILE_RE.fullmatch(name):
             raise _fail(where, f"profile file name {name!r} is not allowed",
-                        "rename it using letters, digits, '.', '_' and '-' only (apparmor_parser skips backup suffixes)")
+                        "rename it using letters, digits, '.', '_' and '-' only")
         if not path.is_file():
             raise _fail(where, f"{path} is not a regular file", "replace the link or special file by a regular file")
         profiles.append(path)

@@ -87,6 +87,43 @@ def test_extra_profile_file_names_are_checked(tmp_path: Path) -> None:
         load_config(write(tmp_path, "[policy]\nextra_profiles = 'profiles'\n"))
 
 
+@pytest.mark.parametrize(("name", "rules"), [
+    (".hidden", ["apparmor_parser skips '.*'", "the initramfs hook skips '.*'"]),
+    (".SUMS", ["apparmor_parser skips '.*'", "the initramfs hook skips '.*'", "dh_clean deletes '.SUMS'"]),
+    ("README", ["apparmor_parser skips 'README'"]),
+    *[(f"acme{suffix}", [f"apparmor_parser skips '*{suffix}'", "the initramfs hook skips '*.dpkg-*'"])
+      for suffix in (".dpkg-new", ".dpkg-old", ".dpkg-dist", ".dpkg-bak", ".dpkg-remove")],
+    *[(f"acme{suffix}", [f"apparmor_parser skips '*{suffix}'"]) for suffix in (".pacsave", ".pacnew")],
+    *[(f"acme{suffix}", [f"apparmor_parser skips '*{suffix}'", f"the initramfs hook skips '*{suffix}'"])
+      for suffix in (".rpmnew", ".rpmsave")],
+    ("acme.dpkg-tmp", ["the initramfs hook skips '*.dpkg-*'"]),
+    ("acme.orig", ["apparmor_parser skips '*.orig'", "dh_clean deletes '*.orig'"]),
+    ("acme.rej", ["apparmor_parser skips '*.rej'", "dh_clean deletes '*.rej'"]),
+    ("acme~", ["apparmor_parser skips '*~'", "the initramfs hook skips '*~'", "dh_clean deletes '*~'"]),
+    ("#acme#", ["dh_clean deletes '#*#'"]),
+    ("acme.bak", ["dh_clean deletes '*.bak'"]),
+    ("DEADJOE", ["dh_clean deletes 'DEADJOE'"]),
+    ("TAGS", ["dh_clean deletes 'TAGS'"]),
+])
+def test_profile_file_names_that_would_be_dropped(tmp_path: Path, name: str, rules: list[str]) -> None:
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / name).write_text("profile acme /usr/sbin/acme { }\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, "[policy]\nextra_profiles = 'profiles'\n"))
+    prefix = f"{tmp_path / 'site.toml'}: [policy] extra_profiles: profile file name {name!r} is refused: "
+    assert caught.value.message.startswith(prefix)
+    reasons = caught.value.message.removeprefix(prefix).split("; ")
+    assert len(reasons) == len(rules) and all(reason.startswith(rule) for reason, rule in zip(reasons, rules))
+
+
+@pytest.mark.parametrize("name", ["usr.sbin.acme", "acme.dpkg", "acme_1.0", "bakery", "README.acme", "tags"])
+def test_profile_file_names_that_are_kept(tmp_path: Path, name: str) -> None:
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / name).write_text("profile acme /usr/sbin/acme { }\n")
+    config = load_config(write(tmp_path, "[policy]\nextra_profiles = 'profiles'\n"))
+    assert [p.name for p in config.extra_profiles] == [name]
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "absent.toml")

@@ -57,6 +57,46 @@ def test_config_not_utf8(tmp_path: Path) -> None:
     assert "UTF-8" in hint
 
 
+PROFILE = b"""abi <abi/3.0>,
+profile acme /usr/sbin/acme flags=(complain) {
+  /usr/sbin/acme mr,
+}
+"""
+# The two keys that name a directory of profiles, and a config file that sets each.
+PROFILE_KEYS = {
+    "[policy] extra_profiles": "[policy]\nextra_profiles = '{}'\n",
+    "[site_policy] profiles": "[site_policy]\npackage = 'site-policy-acme'\nversion = '1.0'\nprofiles = '{}'\n",
+}
+
+
+def profiles_config(tmp_path: Path, key: str, files: dict[str, bytes], directory: str = "profiles") -> Path:
+    """site.toml with `key` set to `directory`, which holds `files`."""
+    (tmp_path / "profiles").mkdir()
+    for name, data in files.items():
+        (tmp_path / "profiles" / name).write_bytes(data)
+    config = tmp_path / "site.toml"
+    config.write_text(PROFILE_KEYS[key].format(directory))
+    return config
+
+
+@pytest.mark.parametrize("key", PROFILE_KEYS)
+@pytest.mark.parametrize(("name", "rule"), [
+    (".hidden", "apparmor_parser skips '.*' when it loads a directory"),
+    ("README", "apparmor_parser skips 'README' when it loads a directory"),
+    ("usr.sbin.acme.pacnew", "apparmor_parser skips '*.pacnew' when it loads a directory"),
+    ("usr.sbin.acme.dpkg-tmp", "the initramfs hook skips '*.dpkg-*' in policy.d"),
+    ("usr.sbin.acme.bak", "dh_clean deletes '*.bak' before the build"),
+    ("TAGS", "dh_clean deletes 'TAGS' before the build"),
+])
+def test_profile_file_name_that_would_be_dropped(tmp_path: Path, key: str, name: str, rule: str) -> None:
+    """A file the build or the target would drop, beside one that is fine, is refused with the rule."""
+    config = profiles_config(tmp_path, key, {"usr.sbin.acme": PROFILE, name: PROFILE.replace(b"acme", b"other")})
+    error, hint = build_fails_cleanly(config, tmp_path / "dist")
+    assert error.startswith(f"{config}: {key}: profile file name {name!r} is refused: ")
+    assert rule in error
+    assert hint.startswith("rename or remove it")
+
+
 def test_help_and_version(tmp_path: Path) -> None:
     assert "build" in aa_pkg("--help", cwd=tmp_path).stdout
     assert aa_pkg("--version", cwd=tmp_path).stdout.startswith("aa-pkg ")
