@@ -170,6 +170,9 @@ def _profile_dir(where: str, value: Any, base: Path, empty_hint: str) -> tuple[P
                         "rename it using letters, digits, '.', '_' and '-' only")
         if not path.is_file():
             raise _fail(where, f"{path} is not a regular file", "replace the link or special file by a regular file")
+        # One rule for both keys, so a profile can move between them: the
+        # main package's renderer reads extra profiles as UTF-8 text.
+        _utf8(f"{where}: {path}", path.read_bytes(), "save the profile as UTF-8, e.g. with iconv -f latin1 -t utf-8")
         profiles.append(path)
     if not profiles:
         raise _fail(where, f"{directory} contains no profiles", empty_hint)

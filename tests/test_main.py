@@ -80,6 +80,15 @@ def profiles_config(tmp_path: Path, key: str, files: dict[str, bytes], directory
 
 
 @pytest.mark.parametrize("key", PROFILE_KEYS)
+def test_profile_not_utf8(tmp_path: Path, key: str) -> None:
+    profile = tmp_path / "profiles" / "usr.sbin.acme"
+    config = profiles_config(tmp_path, key, {profile.name: PROFILE.replace(b",\n", b",\n# Caf\xe9\n", 1)})
+    error, hint = build_fails_cleanly(config, tmp_path / "dist")
+    assert error == f"{config}: {key}: {profile}: not UTF-8: byte 0xe9 on line 2"
+    assert "UTF-8" in hint
+
+
+@pytest.mark.parametrize("key", PROFILE_KEYS)
 @pytest.mark.parametrize(("name", "rule"), [
     (".hidden", "apparmor_parser skips '.*' when it loads a directory"),
     ("README", "apparmor_parser skips 'README' when it loads a directory"),
