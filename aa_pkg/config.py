@@ -154,7 +154,11 @@ def _dropped(name: str) -> list[str]:
 
 
 def _profile_dir(where: str, value: Any, base: Path, empty_hint: str) -> tuple[Path, ...]:
-    directory = base / _string(where, value, None, "give a directory of AppArmor profiles, relative to the config file")
+    hint = "give a directory of AppArmor profiles, relative to the config file"
+    if not _string(where, value, None, hint).strip():
+        # "" would be the config file's own directory, the config file among its "profiles".
+        raise _fail(where, "is empty", hint)
+    directory = base / value
     if not directory.is_dir():
         raise _fail(where, f"{directory} is not a directory", "create it or fix the path (relative to the config file)")
     profiles = []

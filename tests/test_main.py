@@ -106,6 +106,20 @@ def test_profile_file_name_that_would_be_dropped(tmp_path: Path, key: str, name:
     assert hint.startswith("rename or remove it")
 
 
+@pytest.mark.parametrize("key", PROFILE_KEYS)
+@pytest.mark.parametrize(("directory", "message"), [
+    ("", "is empty"),
+    ("profiles", "profiles contains no profiles"),
+    ("profiles/", "profiles contains no profiles"),
+])
+def test_no_profiles(tmp_path: Path, key: str, directory: str, message: str) -> None:
+    config = profiles_config(tmp_path, key, {}, directory)
+    (tmp_path / "profiles" / "subdirectory").mkdir()
+    (tmp_path / "profiles" / "subdirectory" / "usr.sbin.acme").write_bytes(PROFILE)  # not loaded from there
+    error, _ = build_fails_cleanly(config, tmp_path / "dist")
+    assert error.startswith(f"{config}: {key}: ") and error.endswith(message)
+
+
 def test_help_and_version(tmp_path: Path) -> None:
     assert "build" in aa_pkg("--help", cwd=tmp_path).stdout
     assert aa_pkg("--version", cwd=tmp_path).stdout.startswith("aa-pkg ")
