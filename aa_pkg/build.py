@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from aa_pkg.check import check_profiles
+from aa_pkg.check import check_extra_profiles, check_profiles
 from aa_pkg.config import Config, SitePolicy
 from aa_pkg.errors import AaPkgError, CommandError
 from aa_pkg.metadata import apply_config, complete_site_policy, write_site_policy_changelog, write_site_policy_control
@@ -67,6 +67,7 @@ def build(config: Config, out: Path) -> Path:
     require_tools(BUILD_TOOLS)
     with tempfile.TemporaryDirectory(prefix="aa-pkg-build-") as tmp:
         workdir = Path(tmp)
+        check_extra_profiles(config, workdir / "check")
         source = copy_source(workdir, config.package)
         apply_config(config, source)
         return build_source(source, out)

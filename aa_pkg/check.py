@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aa_pkg.config import Config
 from aa_pkg.errors import CommandError, PolicyError
-from aa_pkg.render import Paths
+from aa_pkg.render import Paths, render_package
 from aa_pkg.run import require_tools, run
 
 
@@ -94,6 +94,19 @@ def check_policy(config: Config, tree: Path) -> None:
                 check_profiles([full], include_dirs=[Path(tmp), etc])
             except PolicyError as e:
                 raise PolicyError(f"{e} (with the level rules {init} and {roles})", hint=e.hint) from None
+
+
+def check_extra_profiles(config: Config, scratch: Path) -> None:
+    """Compile the variant's extra profiles before the build, as check_policy will compile their copies.
+
+    So that an error names the user's own file, not its copy under
+    debian/rendered/. As there, a rendered tree's etc/apparmor.d comes
+    first, where the package's own ABI file is; check_policy also puts a
+    level's rules ahead of it, but only the init profile includes those.
+    """
+    if config.extra_profiles:
+        render_package(config, scratch / "tree", scratch / "debian")
+        check_profiles(config.extra_profiles, include_dirs=[scratch / "tree" / "etc/apparmor.d"])
 
 
 def check_scripts(tree: Path) -> None:

@@ -106,6 +106,20 @@ def test_profile_file_name_that_would_be_dropped(tmp_path: Path, key: str, name:
     assert hint.startswith("rename or remove it")
 
 
+@pytest.mark.tools
+def test_extra_profile_that_does_not_compile(tmp_path: Path) -> None:
+    """Compiled before the build: the error names the user's file and line, not its copy in debian/rendered/."""
+    import vm
+
+    vm.require_tools("apparmor_parser", "dpkg-buildpackage", "dh", "dh_apparmor")
+    broken = PROFILE.replace(b"  /usr/sbin/acme mr,\n", b"  this is not a rule,\n")
+    config = profiles_config(tmp_path, "[policy] extra_profiles", {"usr.sbin.acme": PROFILE, "broken": broken})
+    error, hint = build_fails_cleanly(config, tmp_path / "dist")
+    assert error.startswith(f"{tmp_path / 'profiles' / 'broken'}: does not compile: ")
+    assert "at line 3" in error and "debian/rendered" not in error
+    assert hint == "fix the profile; apparmor_parser names the line"
+
+
 @pytest.mark.parametrize("key", PROFILE_KEYS)
 @pytest.mark.parametrize(("directory", "message"), [
     ("", "is empty"),
