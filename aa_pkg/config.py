@@ -11,6 +11,7 @@ import datetime
 import fnmatch
 import re
 import tomllib
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -134,6 +135,29 @@ def _datetime(where: str, value: Any) -> datetime.datetime:
     raise _fail(where, f"{value!r} is not a TOML date", "write a bare date such as 2026-11-25 (no quotes)")
 
 
+def _changelog_text(where: str, value: Any) -> str:
+    """Change lines for debian/changelog that cannot end the entry or start another.
+
+    aa_pkg.metadata makes each line that starts with text a "  * " item and
+    keeps a line that starts with a space as it is, for continuations. In
+    deb-changelog(5) a change line starts with two spaces; " -- " starts
+    the trailer, and dpkg-parsechangelog rejects a line with one space. Any
+    other line break (U+2028, a bare CR, ...) would let Python split a line
+    that the user's text meant as one.
+    """
+    text = _string(where, value, None, "write the changelog entry as a string")
+    for number, line in enumerate(text.split("\n"), start=1):
+        control = [c for c in line if c != "\t" and unicodedata.category(c) in ("Cc", "Zl", "Zp")]
+        if control:
+            raise _fail(where, f"line {number} holds U+{ord(control[0]):04X}, a control character or line separator",
+                        "write plain lines, separated by newlines")
+        if line.strip() and line.startswith(" ") and not line.startswith("  "):
+            raise _fail(where, f"line {number} starts with one space, which debian/changelog reads as a "
+                        f"trailer or a broken line: {line!r}",
+                        "start the line with text (it becomes a '  * ' item) or indent it by two spaces or more")
+    return text
+
+
 def _utf8(where: str, raw: bytes, hint: str) -> str:
     """The text of a file that must be UTF-8; an error names the first bad byte and its line."""
     try:
@@ -192,7 +216,7 @@ SCHEMA: dict[str, dict[str, _Parser]] = {
         "maintainer": lambda w, v, b: _string(w, v, MAINTAINER_RE, "write it as 'Full Name <address@example.org>'"),
         "version": lambda w, v, b: _string(w, v, NATIVE_VERSION_RE,
                                            "use a Debian version without a '-revision', e.g. '0.1+site1'"),
-        "changelog": lambda w, v, b: _string(w, v, None, "write the changelog entry as a string"),
+        "changelog": lambda w, v, b: _changelog_text(w, v),
         "distribution": lambda w, v, b: _string(w, v, DISTRIBUTION_RE, "use a suite name such as 'unstable'"),
         "date": lambda w, v, b: _datetime(w, v),
     },

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -132,6 +133,24 @@ def test_no_profiles(tmp_path: Path, key: str, directory: str, message: str) -> 
     (tmp_path / "profiles" / "subdirectory" / "usr.sbin.acme").write_bytes(PROFILE)  # not loaded from there
     error, _ = build_fails_cleanly(config, tmp_path / "dist")
     assert error.startswith(f"{config}: {key}: ") and error.endswith(message)
+
+
+FORGED_TRAILER = " -- Mallory <mallory@evil.example>  Mon, 01 Jan 2024 00:00:00 +0000"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (f"Real change.\n{FORGED_TRAILER}", "line 2 starts with one space"),
+    ("Real change.\n evil (9.9) unstable; urgency=high", "line 2 starts with one space"),
+    (f"Real change.\u2028{FORGED_TRAILER}", "line 1 holds U+2028"),
+    (f"Real change.\r{FORGED_TRAILER}", "line 1 holds U+000D"),
+])
+def test_changelog_text_cannot_end_the_entry(tmp_path: Path, text: str, message: str) -> None:
+    """No text can forge a trailer (maintainer, date) or an entry in debian/changelog."""
+    config = tmp_path / "site.toml"
+    config.write_text(f"[package]\nversion = '0.1+acme1'\nchangelog = {json.dumps(text)}\n")
+    error, hint = build_fails_cleanly(config, tmp_path / "dist")
+    assert error.startswith(f"{config}: [package] changelog: {message}")
+    assert "line" in hint
 
 
 def test_help_and_version(tmp_path: Path) -> None:
