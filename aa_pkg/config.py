@@ -11,7 +11,6 @@ import datetime
 import fnmatch
 import re
 import tomllib
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -42,7 +41,12 @@ PACKAGE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{1,62}")
 PROFILE_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 # Debian Policy 5.6.12 without a Debian revision: the source format is 3.0 (native).
 NATIVE_VERSION_RE = re.compile(r"(?:[0-9]+:)?[0-9][A-Za-z0-9.+~]*")
-MAINTAINER_RE = re.compile(r"[^<>,\n]+ <[^<>@\s]+@[^<>@\s]+>")
+# Control characters (C0, DEL, C1) and the Unicode line and paragraph
+# separators, for a regex character class.
+CONTROL = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
+# It lands in debian/control and in the changelog trailer, where any of
+# those would break the line.
+MAINTAINER_RE = re.compile(rf"[^<>,{CONTROL}]+ <[^<>@\s{CONTROL}]+@[^<>@\s{CONTROL}]+>")
 DISTRIBUTION_RE = re.compile(r"[a-z0-9][a-z0-9.-]*")
 # Profile file names are shell-safe; a name that one of these rules drops
 # would build a package that silently lacks the profile, so each is refused
@@ -147,8 +151,7 @@ def _changelog_text(where: str, value: Any) -> str:
     """
     text = _string(where, value, None, "write the changelog entry as a string")
     for number, line in enumerate(text.split("\n"), start=1):
-        control = [c for c in line if c != "\t" and unicodedata.category(c) in ("Cc", "Zl", "Zp")]
-        if control:
+        if control := re.search(rf"(?!\t)[{CONTROL}]", line):
             raise _fail(where, f"line {number} holds U+{ord(control[0]):04X}, a control character or line separator",
                         "write plain lines, separated by newlines")
         if line.strip() and line.startswith(" ") and not line.startswith("  "):

@@ -35,6 +35,9 @@ def build_fails_cleanly(config: Path, out: Path) -> tuple[str, str]:
     "[policy]\nprofile_name = '../../etc/passwd'\n",
     "[nonsense]\n",
     "not toml at all [\n",
+    # a line break in the changelog trailer
+    "[package]\nversion = '0.1+acme1'\nmaintainer = \"ACME\\rforged (9.9) unstable; urgency=high <a@acme.example>\"\n",
+    "[package]\nversion = '0.1+acme1'\nmaintainer = \"ACME\\u2028 -- Mallory <a@acme.example>\"\n",
 ])
 def test_bad_config_fails_cleanly(tmp_path: Path, text: str) -> None:
     config = tmp_path / "site.toml"
