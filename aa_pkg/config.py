@@ -52,15 +52,16 @@ DISTRIBUTION_RE = re.compile(r"[a-z0-9][a-z0-9.-]*")
 # would build a package that silently lacks the profile, so each is refused
 # with its rule. ("{}" is the pattern the name matched.)
 PROFILE_FILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# What is not a policy file, one rule everywhere: the names apparmor_parser
+# skips when it loads a directory, as apparmor.service makes it load
+# /etc/apparmor.d (libapparmor's _aa_is_blacklisted, and README), and what
+# dpkg leaves beside a file while it unpacks (*.dpkg-*). aa-pkg refuses
+# these names; on the target aafs_site_profiles and the hook skip them, and
+# say so (templates/functions.sh.j2 renders this very list).
+NOT_POLICY_FILES = (".*", "README", "*.dpkg-*", "*.pacsave", "*.pacnew", "*.rpmnew", "*.rpmsave", "*.orig",
+                    "*.rej", "*~")
 PROFILE_FILE_DROPPED: tuple[tuple[str, tuple[str, ...]], ...] = (
-    # apparmor.service hands apparmor_parser a directory; in it the parser
-    # skips these (libapparmor's _aa_is_blacklisted, and README).
-    ("apparmor_parser skips {} when it loads a directory",
-     (".*", "README", "*.dpkg-new", "*.dpkg-old", "*.dpkg-dist", "*.dpkg-bak", "*.dpkg-remove",
-      "*.pacsave", "*.pacnew", "*.rpmnew", "*.rpmsave", "*.orig", "*.rej", "*~")),
-    # aafs_site_profiles (templates/functions.sh.j2), which lists policy.d
-    # for the initramfs hook and aa-fullsystem.
-    ("the initramfs hook skips {} in policy.d", (".*", "*.dpkg-*", "*.rpmnew", "*.rpmsave", "*~")),
+    ("apparmor_parser and the initramfs hook skip {} (not a policy file)", NOT_POLICY_FILES),
     # dh_clean(1) deletes editor and patch leftovers anywhere in the source
     # tree, and `debian/rules clean` runs before every build.
     ("dh_clean deletes {} before the build",

@@ -17,7 +17,7 @@ from typing import Any
 
 import jinja2
 
-from aa_pkg.config import DEFAULT_PROFILE, Config, SitePolicy
+from aa_pkg.config import DEFAULT_PROFILE, NOT_POLICY_FILES, Config, SitePolicy
 
 TEMPLATES = Path(__file__).parent / "templates"
 KERNEL_PARAMETER = "aa_fullsystem"  # our own escape hatch; the same in every site variant
@@ -263,6 +263,7 @@ def context(config: Config) -> dict[str, Any]:
         "mode": str(config.mode),
         "paths": paths,
         "kernel_parameter": KERNEL_PARAMETER,
+        "not_policy_files": NOT_POLICY_FILES,
         "roles": Roles(config.profile_name),
         "role_purpose": Roles(config.profile_name).purpose(),
         "system_programs": SYSTEM_PROGRAMS,

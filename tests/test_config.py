@@ -87,19 +87,19 @@ def test_extra_profile_file_names_are_checked(tmp_path: Path) -> None:
         load_config(write(tmp_path, "[policy]\nextra_profiles = 'profiles'\n"))
 
 
+SKIP = "apparmor_parser and the initramfs hook skip"
+
+
 @pytest.mark.parametrize(("name", "rules"), [
-    (".hidden", ["apparmor_parser skips '.*'", "the initramfs hook skips '.*'"]),
-    (".SUMS", ["apparmor_parser skips '.*'", "the initramfs hook skips '.*'", "dh_clean deletes '.SUMS'"]),
-    ("README", ["apparmor_parser skips 'README'"]),
-    *[(f"acme{suffix}", [f"apparmor_parser skips '*{suffix}'", "the initramfs hook skips '*.dpkg-*'"])
-      for suffix in (".dpkg-new", ".dpkg-old", ".dpkg-dist", ".dpkg-bak", ".dpkg-remove")],
-    *[(f"acme{suffix}", [f"apparmor_parser skips '*{suffix}'"]) for suffix in (".pacsave", ".pacnew")],
-    *[(f"acme{suffix}", [f"apparmor_parser skips '*{suffix}'", f"the initramfs hook skips '*{suffix}'"])
-      for suffix in (".rpmnew", ".rpmsave")],
-    ("acme.dpkg-tmp", ["the initramfs hook skips '*.dpkg-*'"]),
-    ("acme.orig", ["apparmor_parser skips '*.orig'", "dh_clean deletes '*.orig'"]),
-    ("acme.rej", ["apparmor_parser skips '*.rej'", "dh_clean deletes '*.rej'"]),
-    ("acme~", ["apparmor_parser skips '*~'", "the initramfs hook skips '*~'", "dh_clean deletes '*~'"]),
+    (".hidden", [f"{SKIP} '.*'"]),
+    (".SUMS", [f"{SKIP} '.*'", "dh_clean deletes '.SUMS'"]),
+    ("README", [f"{SKIP} 'README'"]),
+    *[(f"acme{suffix}", [f"{SKIP} '*.dpkg-*'"])
+      for suffix in (".dpkg-new", ".dpkg-old", ".dpkg-dist", ".dpkg-bak", ".dpkg-remove", ".dpkg-tmp")],
+    *[(f"acme{suffix}", [f"{SKIP} '*{suffix}'"]) for suffix in (".pacsave", ".pacnew", ".rpmnew", ".rpmsave")],
+    ("acme.orig", [f"{SKIP} '*.orig'", "dh_clean deletes '*.orig'"]),
+    ("acme.rej", [f"{SKIP} '*.rej'", "dh_clean deletes '*.rej'"]),
+    ("acme~", [f"{SKIP} '*~'", "dh_clean deletes '*~'"]),
     ("#acme#", ["dh_clean deletes '#*#'"]),
     ("acme.bak", ["dh_clean deletes '*.bak'"]),
     ("DEADJOE", ["dh_clean deletes 'DEADJOE'"]),

@@ -94,10 +94,10 @@ def test_profile_not_utf8(tmp_path: Path, key: str) -> None:
 
 @pytest.mark.parametrize("key", PROFILE_KEYS)
 @pytest.mark.parametrize(("name", "rule"), [
-    (".hidden", "apparmor_parser skips '.*' when it loads a directory"),
-    ("README", "apparmor_parser skips 'README' when it loads a directory"),
-    ("usr.sbin.acme.pacnew", "apparmor_parser skips '*.pacnew' when it loads a directory"),
-    ("usr.sbin.acme.dpkg-tmp", "the initramfs hook skips '*.dpkg-*' in policy.d"),
+    (".hidden", "apparmor_parser and the initramfs hook skip '.*' (not a policy file)"),
+    ("README", "apparmor_parser and the initramfs hook skip 'README' (not a policy file)"),
+    ("usr.sbin.acme.pacnew", "apparmor_parser and the initramfs hook skip '*.pacnew' (not a policy file)"),
+    ("usr.sbin.acme.dpkg-tmp", "apparmor_parser and the initramfs hook skip '*.dpkg-*' (not a policy file)"),
     ("usr.sbin.acme.bak", "dh_clean deletes '*.bak' before the build"),
     ("TAGS", "dh_clean deletes 'TAGS' before the build"),
 ])
