@@ -239,3 +239,41 @@ def test_level_hardened_and_back(built_deb, tmp_path):
     # Purge leaves none of the copies.
     machine.chroot_run(["dpkg", "--purge", PACKAGE])
     assert not (machine.root / copies.lstrip("/")).exists()
+
+
+# The initramfs's own boot script, run as its /init runs it: in the unpacked
+# initramfs, under its shell (klibc's), with a kernel command line of the
+# test's choosing over /proc/cmdline and an empty /run. This host has no
+# AppArmor, so the script ends at "not enabled" after the command line,
+# which is what these tests are about; the VM tests boot it for real.
+RUN_BOOT_SCRIPT = r"""set -e
+unpacked=$(mktemp -d)
+unmkinitramfs "$1" "$unpacked"
+root=$(find "$unpacked" -type d -path "*/$2" | head -n 1)
+root=${root%/$2}
+mkdir -p "$root/proc" "$root/run"
+mount -t proc proc "$root/proc"
+printf '%s\n' "$3" >/tmp/aafs-cmdline
+mount --bind /tmp/aafs-cmdline "$root/proc/cmdline"
+mount -t tmpfs tmpfs "$root/run"
+chroot "$root" /bin/sh /scripts/init-bottom/apparmor-fullsystem
+echo "--- record"
+cat "$root/run/apparmor-fullsystem/boot"
+"""
+
+
+def boot_script(machine: vm.Machine, cmdline: str) -> tuple[str, dict[str, str]]:
+    result = machine.chroot_run(["sh", "-c", RUN_BOOT_SCRIPT, "sh", machine.kernel_paths()[1], INITRAMFS_DIR, cmdline])
+    said, record = result.stdout.split("--- record\n", 1)
+    return said, dict(line.split("=", 1) for line in record.splitlines() if "=" in line)
+
+
+def test_boot_script_names_an_unknown_escape_hatch_value(installed):
+    said, record = boot_script(installed, "root=/dev/vda aa_fullsystem=of quiet")
+    assert "ignoring aa_fullsystem=of on the kernel command line" in said, said
+    assert record["ignored_parameters"] == "aa_fullsystem=of", record
+    assert "AppArmor is not enabled" in record["reason"], record      # it went on, as it should
+
+    said, record = boot_script(installed, "aa_fullsystem=off")
+    assert record["outcome"] == "skipped" and "aa_fullsystem=off" in record["reason"], record
+    assert record["ignored_parameters"] == "", record
