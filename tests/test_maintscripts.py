@@ -277,3 +277,52 @@ def test_boot_script_names_an_unknown_escape_hatch_value(installed):
     said, record = boot_script(installed, "aa_fullsystem=off")
     assert record["outcome"] == "skipped" and "aa_fullsystem=off" in record["reason"], record
     assert record["ignored_parameters"] == "", record
+
+
+def test_a_site_profile_that_never_compiled_stays_out_and_the_initramfs_is_built(installed):
+    """One bad file in policy.d, with no earlier copy that compiled: left out, said so, not a failed hook."""
+    admin_profile = installed.root / "etc/apparmor-fullsystem/policy.d/aafs-never-compiled"
+    admin_profile.write_text("abi <abi/3.0>,\nprofile aafs-never-compiled /usr/bin/true {\n  not a rule,\n}\n")
+    initrd = installed.kernel_paths()[1]
+    before = sha256(installed, initrd)
+    try:
+        update = installed.chroot_run(["update-initramfs", "-u"], check=False)
+        print(f"--- update-initramfs -u, a site profile that never compiled\n{update.stdout}")
+        assert update.returncode == 0, chroot_text(update)
+        assert re.search(r"aafs-never-compiled\b.* at line 3\b", update.stdout), chroot_text(update)
+        assert "goes without it" in update.stdout, chroot_text(update)
+        assert sha256(installed, initrd) != before
+        assert "policy.d/aafs-never-compiled" not in lsinitramfs(installed)
+        assert "AAFS_LEFT_OUT='aafs-never-compiled'" in initramfs_file(installed, "boot.conf").decode()
+    finally:
+        admin_profile.unlink()
+        installed.chroot_run(["update-initramfs", "-u"])
+
+
+def test_a_new_kernel_is_never_left_without_an_initramfs(installed):
+    """Init's policy does not compile and no copy ever did: a kernel without an initramfs still gets one."""
+    version = installed.kernel_paths()[1].removeprefix("/boot/initrd.img-")
+    stub = installed.root / f"usr/share/{PACKAGE}/init-stub"
+    good_stub = stub.read_text()
+    stub.write_text(good_stub.replace("  change_profile,\n", "  change_profile,\n  not a rule,\n"))
+    installed.chroot_run(["mv", LAST_GOOD, f"{LAST_GOOD}.saved"])
+    installed.chroot_run(["mv", f"/boot/initrd.img-{version}", f"/root/initrd.img-{version}.saved"])
+    try:
+        # With an initramfs for that kernel, the hook fails and it is kept ...
+        installed.chroot_run(["cp", f"/root/initrd.img-{version}.saved", f"/boot/initrd.img-{version}"])
+        update = installed.chroot_run(["update-initramfs", "-u", "-k", version], check=False)
+        assert update.returncode != 0, chroot_text(update)
+        assert f"the previous initramfs for {version} is kept" in update.stdout, chroot_text(update)
+        # ... without one (a new kernel), it gets one, without the profile.
+        installed.chroot_run(["rm", f"/boot/initrd.img-{version}"])
+        create = installed.chroot_run(["update-initramfs", "-c", "-k", version], check=False)
+        print(f"--- update-initramfs -c, init's policy never compiled\n{create.stdout}")
+        assert create.returncode == 0, chroot_text(create)
+        assert f"{version} has no initramfs yet: it gets one without init-stub" in create.stdout, chroot_text(create)
+        listing = lsinitramfs(installed)
+        assert f"{INITRAMFS_DIR}/boot.conf" in listing and f"{INITRAMFS_DIR}/init-stub" not in listing, listing
+    finally:
+        stub.write_text(good_stub)
+        installed.chroot_run(["rm", "-rf", LAST_GOOD])
+        installed.chroot_run(["mv", f"{LAST_GOOD}.saved", LAST_GOOD])
+        installed.chroot_run(["mv", f"/root/initrd.img-{version}.saved", f"/boot/initrd.img-{version}"])
