@@ -98,7 +98,11 @@ profile {name} {attachment} flags=(complain, attach_disconnected, mediate_delete
 """
 
 
-SERVICES = "".join(rf"""
+DISABLED = "aafs-test-disabled"
+
+SERVICES = f"""
+echo "@@ disabled_loaded=$(grep -c '^{DISABLED} ' /sys/kernel/security/apparmor/profiles)"
+""" + "".join(rf"""
 pid=$(pidof {program} | cut -d' ' -f1)
 echo "@@ {program}.label=$(cat /proc/$pid/attr/current 2>&1)"
 """ for _, program in EARLY_SERVICES.values())
@@ -165,6 +169,10 @@ def test_precompiled_policy_loaded_before_init(suite, built_deb, tmp_path):
     machine = new_machine(suite, tmp_path / "machine", built_deb)
     for name, (attachment, _) in EARLY_SERVICES.items():
         (machine.root / "etc/apparmor.d" / name).write_text(service_profile(name, attachment))
+    # A profile the admin disabled (aa-disable(8): a link in disable/), which
+    # apparmor.service skips: the precompiled policy must skip it too.
+    (machine.root / "etc/apparmor.d" / DISABLED).write_text(service_profile(DISABLED, f"/usr/local/bin/{DISABLED}"))
+    (machine.root / "etc/apparmor.d/disable" / DISABLED).symlink_to(f"/etc/apparmor.d/{DISABLED}")
     machine.chroot_run(["aa-fullsystem", "stage", "full"])
     early = machine.chroot_run(["aa-fullsystem", "early", "all"])
     print(f"--- {suite}: aa-fullsystem early all, in a chroot\n{early.stdout}")
@@ -198,6 +206,8 @@ def test_precompiled_policy_loaded_before_init(suite, built_deb, tmp_path):
     files = b.values["record.profiles"].split()
     # init's profile is precompiled from the initramfs's copy, under its own name
     assert f"initramfs-{PROFILE}" in files and set(EARLY_SERVICES) <= set(files), where(b)
+    assert DISABLED not in files, where(b)
+    assert b.values["disabled_loaded"] == "0", where(b)
     assert PROFILE not in files, where(b)
     for name, (_, program) in EARLY_SERVICES.items():
         # Its own profile, stacked on init's (the standard level's exec rule).
