@@ -87,6 +87,18 @@ class Paths:
         return self.level_dir / "roles"
 
     @property
+    def disable_link(self) -> PurePosixPath:
+        # apparmor.service skips a profile with a link of its name here
+        # (aa-disable(8)); the postrm makes one on remove, for the full
+        # profile dpkg keeps as a conffile.
+        return PurePosixPath("/etc/apparmor.d/disable") / self.profile
+
+    @property
+    def removed_marker(self) -> PurePosixPath:
+        # That the disable link is the postrm's, not the admin's.
+        return self.last_good.parent / "removed"
+
+    @property
     def local_init(self) -> PurePosixPath:
         return PurePosixPath("/etc/apparmor.d/local") / self.profile
 

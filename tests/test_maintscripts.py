@@ -326,3 +326,35 @@ def test_a_new_kernel_is_never_left_without_an_initramfs(installed):
         installed.chroot_run(["rm", "-rf", LAST_GOOD])
         installed.chroot_run(["mv", f"{LAST_GOOD}.saved", LAST_GOOD])
         installed.chroot_run(["mv", f"/root/initrd.img-{version}.saved", f"/boot/initrd.img-{version}"])
+
+
+def names(machine: vm.Machine) -> list[str]:
+    """The profiles apparmor_parser loads from /etc/apparmor.d, as apparmor.service has it load them."""
+    return machine.chroot_run(["sh", "-c", "apparmor_parser --names -- /etc/apparmor.d 2>/dev/null"]).stdout.split()
+
+
+def test_remove_leaves_nothing_active_and_reinstall_restores(built_deb, tmp_path):
+    """apt remove keeps the conffiles, disabled; a reinstall enables them; purge leaves no link."""
+    machine = base_machine(tmp_path / "machine")
+    deb = put_deb(machine, built_deb)
+    link = "/etc/apparmor.d/disable/fullsystem-init"
+    machine.chroot_run(["dpkg", "-i", deb])
+    assert not (machine.root / link.lstrip("/")).is_symlink()
+
+    machine.chroot_run(["dpkg", "-r", PACKAGE])
+    assert (machine.root / "etc/apparmor.d/fullsystem-init").exists()            # a conffile, kept
+    assert (machine.root / link.lstrip("/")).is_symlink()
+    assert machine.chroot_run(["readlink", link]).stdout.strip() == "/etc/apparmor.d/fullsystem-init"
+    # What apparmor.service loads (the parser, given /etc/apparmor.d, skips
+    # a profile linked in disable/): none of ours.
+    loaded = names(machine)
+    assert "lsb_release" in loaded and not [name for name in loaded if name.startswith("fullsystem-init")], loaded
+
+    machine.chroot_run(["dpkg", "-i", deb])
+    assert not (machine.root / link.lstrip("/")).is_symlink()
+    assert "fullsystem-init" in names(machine)
+
+    machine.chroot_run(["dpkg", "-r", PACKAGE])
+    machine.chroot_run(["dpkg", "--purge", PACKAGE])
+    assert not (machine.root / link.lstrip("/")).is_symlink()
+    assert not (machine.root / "etc/apparmor.d/fullsystem-init").exists()
