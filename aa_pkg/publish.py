@@ -35,7 +35,7 @@ from debian.arfile import ArError
 from debian.debfile import DebError, DebFile
 
 from aa_pkg.errors import AaPkgError, CommandError
-from aa_pkg.run import require_tools, run
+from aa_pkg.run import Result, require_tools, run
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class Target:
     component: str = "main"
     architectures: tuple[str, ...] = ("amd64",)
     key: str | None = None  # gpg key id; None: gpg's default key
-    gnupghome: Path | None = None
+    gnupghome: Path | None = None  # None: gpg's default, $GNUPGHOME or ~/.gnupg
     origin: str = "apparmor-fullsystem"
 
     def __post_init__(self) -> None:
@@ -163,19 +163,31 @@ def write_release(target: Target, suite_dir: Path) -> None:
     (suite_dir / "Release").write_text(release)
 
 
-def sign_release(target: Target, suite_dir: Path) -> None:
-    gpg: list[str | os.PathLike[str]] = ["gpg", "--batch", "--yes", "--pinentry-mode", "loopback"]
+def gpg(target: Target, argv: Sequence[str | os.PathLike[str]], input: str | None = None) -> Result:
+    """gpg in the target's home: --gnupghome, else gpg's own default. run() gives every command a fixed
+    environment, so GNUPGHOME, which names that default, is passed on here."""
+    command: list[str | os.PathLike[str]] = ["gpg", "--batch"]
+    env = {}
     if target.gnupghome:
-        gpg += ["--homedir", target.gnupghome]
+        command += ["--homedir", target.gnupghome]
+    elif os.environ.get("GNUPGHOME"):
+        env["GNUPGHOME"] = os.environ["GNUPGHOME"]
+    return run([*command, *argv], env=env, input=input)
+
+
+def sign_release(target: Target, suite_dir: Path) -> None:
+    options: list[str | os.PathLike[str]] = ["--yes", "--pinentry-mode", "loopback"]
     if target.key:
-        gpg += ["--local-user", target.key]
+        options += ["--local-user", target.key]
     release = suite_dir / "Release"
     try:
-        run([*gpg, "--clearsign", "--output", suite_dir / "InRelease", release])
-        run([*gpg, "--armor", "--detach-sign", "--output", suite_dir / "Release.gpg", release])
+        gpg(target, [*options, "--clearsign", "--output", suite_dir / "InRelease", release])
+        gpg(target, [*options, "--armor", "--detach-sign", "--output", suite_dir / "Release.gpg", release])
     except CommandError as e:
-        raise PublishError(f"signing failed: {e.message}",
-                           hint="check --key and --gnupghome; the key must have no passphrase or a running agent") from None
+        reason = e.output.splitlines()[0].removeprefix("gpg: ") if e.output else e.message
+        raise PublishError(f"signing failed: gpg could not sign the Release of {target.suite} ({reason})",
+                           hint="check --key and --gnupghome (default: $GNUPGHOME, else ~/.gnupg); the key must "
+                                "have no passphrase or a running agent") from None
 
 
 def switch_suite(target: Target, suite_dir: Path) -> None:
@@ -221,13 +233,10 @@ def publish(paths: Sequence[Path], target: Target) -> list[Deb]:
 
 def export_key(target: Target, keyring: Path) -> None:
     """The public key, binary, for /usr/share/keyrings (apt's Signed-By reads it)."""
-    gpg: list[str | os.PathLike[str]] = ["gpg", "--batch"]
-    if target.gnupghome:
-        gpg += ["--homedir", target.gnupghome]
-    key = run([*gpg, "--armor", "--export", *([target.key] if target.key else [])]).stdout
+    key = gpg(target, ["--armor", "--export", *([target.key] if target.key else [])]).stdout
     if "BEGIN PGP PUBLIC KEY BLOCK" not in key:
         raise PublishError("gpg exported no public key", hint="check --key and --gnupghome")
-    run([*gpg, "--yes", "--dearmor", "--output", keyring], input=key)
+    gpg(target, ["--yes", "--dearmor", "--output", keyring], input=key)
 
 
 def sources_stanza(target: Target, url: str, keyring: str) -> str:

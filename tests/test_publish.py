@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import lzma
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from debian.deb822 import Packages
+from debian.deb822 import Packages, Release
 
 import vm
 from conftest import make_key
@@ -30,6 +31,29 @@ def target(root: Path, signing: tuple[Path, str], suite: str = "stable") -> Targ
 def snapshot(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "link"
             for p in sorted(root.rglob("*")) if ".aa-pkg" not in p.parts}
+
+
+def apt_view(repo: Path, signing: tuple[Path, str], suite: str = "stable", arch: str = "amd64"
+             ) -> dict[tuple[str, str], str]:
+    """(package, version) -> SHA256 of what apt would install: checked as apt checks it, from the signature
+    of InRelease through the hashes it lists for Packages.xz to the pool file each entry names."""
+    dists = repo / "dists" / suite
+    signed = subprocess.run(["gpgv", "--keyring", signing[0] / "pubring.kbx", "--output", "-", dists / "InRelease"],
+                            check=True, capture_output=True).stdout
+    hashes = {entry["name"]: entry["sha256"] for entry in Release(signed)["SHA256"]}
+    index = f"main/binary-{arch}/Packages.xz"
+    compressed = (dists / index).read_bytes()
+    assert hashes[index] == hashlib.sha256(compressed).hexdigest(), f"Release does not vouch for {index}"
+    seen = {}
+    for entry in Packages.iter_paragraphs(lzma.decompress(compressed).decode(), use_apt_pkg=False):
+        pool_file = repo / entry["Filename"]
+        assert hashlib.sha256(pool_file.read_bytes()).hexdigest() == entry["SHA256"], f"{pool_file} does not match"
+        seen[entry["Package"], entry["Version"]] = entry["SHA256"]
+    return seen
+
+
+def digest(deb: Path) -> str:
+    return hashlib.sha256(deb.read_bytes()).hexdigest()
 
 
 def packages(root: Path, suite: str = "stable") -> list[tuple[str, str]]:
@@ -77,6 +101,21 @@ def test_failed_signing_leaves_the_served_indices(tmp_path: Path, built_deb: Pat
         publish([newer_deb], Target(root=repo, gnupghome=signing[0], key="0000000000000000DEADBEEF"))
     assert snapshot(repo / "dists") == served
     assert packages(repo) == [("apparmor-fullsystem", "0.1")]
+
+
+def test_gnupghome_from_the_environment_is_gpgs_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        built_deb: Path, signing: tuple[Path, str]) -> None:
+    home = tmp_path / "home"  # ~/.gnupg there has no key
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("GNUPGHOME", str(signing[0]))
+    repo = tmp_path / "repo"
+    without_home = Target(root=repo, key=signing[1])
+    assert [d.version for d in publish([built_deb], without_home)] == ["0.1"]
+    assert apt_view(repo, signing) == {("apparmor-fullsystem", "0.1"): digest(built_deb)}
+    export_key(without_home, tmp_path / "keyring.gpg")
+    subprocess.run(["gpgv", "--keyring", tmp_path / "keyring.gpg", repo / "dists/stable/InRelease"],
+                   check=True, capture_output=True)
 
 
 def test_concurrent_publishes_do_not_corrupt(tmp_path: Path, built_deb: Path, newer_deb: Path,
