@@ -1,6 +1,6 @@
 """`aa-pkg publish`: put .debs into a signed, pool-style apt repository.
 
-    repo/pool/<component>/<initial>/<source>/<file>.deb   every version ever published
+    repo/pool/<component>/<initial>/<source>/<package>_<version>_<arch>.deb   every version ever published
     repo/dists/<suite> -> .<suite>.<generation>            symlink, switched atomically
         Release  InRelease  Release.gpg  <component>/binary-<arch>/Packages{,.gz,.xz}
 
@@ -42,10 +42,17 @@ log = logging.getLogger(__name__)
 STATE_DIR = ".aa-pkg"  # lock and checksum cache; not part of the apt repository
 GENERATIONS_KEPT = 2  # the served one and the one before, for clients mid-download
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9.+-]*")
+# Debian Policy §5.6.1 (Package, Source), §5.6.12 (Version), §5.6.8
+# (Architecture). They become pool paths: none of them can hold a '/'.
+PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9.+-]+")
+VERSION_RE = re.compile(r"(?:[0-9]+:)?[A-Za-z0-9][A-Za-z0-9.+~-]*")
+ARCHITECTURE_RE = re.compile(r"[a-z0-9][a-z0-9-]*")
+
+Key = tuple[str, str, str]  # (Package, Version, Architecture): what apt tells apart
 
 
 class PublishError(AaPkgError):
-    """A publish that would change what a version means, or a bad argument."""
+    """A publish that would change what a version means, a bad input or argument, or a failed step."""
 
 
 @dataclass(frozen=True)
@@ -73,21 +80,55 @@ class Deb:
     path: Path
     package: str
     version: str
+    architecture: str
     source: str
+    sha256: str
 
     @classmethod
     def read(cls, path: Path) -> Deb:
+        if not path.is_file():
+            raise PublishError(f"{path}: no such file", hint="pass the path of a .deb")
         try:
+            # dpkg-deb --contents reads the archive to its end: a .deb cut
+            # short keeps a readable control member, and apt-ftparchive only
+            # reports it on stderr.
+            run(["dpkg-deb", "--contents", path])
             control = DebFile(str(path)).debcontrol()
-        except (OSError, ArError, DebError, KeyError) as e:
-            raise PublishError(f"{path}: not a readable .deb ({e})", hint="pass .deb files built by aa-pkg build") from None
-        source = control.get("Source", control["Package"]).split()[0]
-        return cls(path, control["Package"], control["Version"], source)
+        except CommandError as e:
+            # The first line says what went wrong, after the member or file it names.
+            reason = e.output.splitlines()[0].rsplit(": ", 1)[-1] if e.output else e.message
+            raise PublishError(f"{path}: not a whole .deb ({reason})",
+                               hint="build it again, or copy it again from where it was built") from None
+        except (OSError, ArError, DebError, EOFError) as e:
+            raise PublishError(f"{path}: not a readable .deb ({e})",
+                               hint="build it again, or copy it again from where it was built") from None
+        fields = {name: control.get(name, "") for name in ("Package", "Version", "Architecture")}
+        fields["Source"] = (control.get("Source") or fields["Package"]).partition(" ")[0]  # Source: name (version)
+        for name, pattern in (("Package", PACKAGE_RE), ("Version", VERSION_RE), ("Architecture", ARCHITECTURE_RE),
+                              ("Source", PACKAGE_RE)):
+            if not pattern.fullmatch(fields[name]):
+                raise PublishError(f"{path}: {name} {fields[name]!r} is not a valid Debian {name.lower()}",
+                                   hint=f"its control file is damaged or was not made by dpkg-deb: build it again "
+                                        f"(Debian Policy §5.6 says what a {name} may hold)")
+        return cls(path, fields["Package"], fields["Version"], fields["Architecture"], fields["Source"],
+                   sha256(path))
+
+    @property
+    def key(self) -> Key:
+        return (self.package, self.version, self.architecture)
+
+    @property
+    def filename(self) -> str:
+        """<package>_<version without epoch>_<arch>.deb: what dak names it, and what apt-ftparchive --arch indexes."""
+        return f"{self.package}_{self.version.split(':', 1)[-1]}_{self.architecture}.deb"
 
     def pool_path(self, component: str) -> Path:
         # Debian's pool layout: lib* sources get four letters (dak, "lib" rule).
         initial = self.source[:4] if self.source.startswith("lib") else self.source[:1]
-        return Path("pool") / component / initial / self.source / self.path.name
+        return Path("pool") / component / initial / self.source / self.filename
+
+    def describe(self) -> str:
+        return f"{self.package} {self.version} ({self.architecture})"
 
 
 def sha256(path: Path) -> str:
@@ -96,6 +137,36 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def indexed_architectures(deb: Deb, target: Target) -> tuple[str, ...]:
+    """The binary-<arch> indices that must list deb: all of them for Architecture: all."""
+    return target.architectures if deb.architecture == "all" else (deb.architecture,)
+
+
+def check_debs(paths: Sequence[Path], target: Target) -> list[Deb]:
+    """Read every input, before anything changes; drops repeats, refuses two contents of one version."""
+    debs: dict[Key, Deb] = {}
+    files: dict[Path, Deb] = {}
+    for path in paths:
+        deb = Deb.read(path)
+        if deb.architecture != "all" and deb.architecture not in target.architectures:
+            raise PublishError(f"{path}: Architecture {deb.architecture} is not indexed in this repository "
+                               f"({', '.join(target.architectures)}); apt would never see it",
+                               hint=f"add --arch {deb.architecture} (and --arch for every architecture already "
+                                    f"indexed)")
+        pool_path = deb.pool_path(target.component)
+        same_version, same_file = debs.get(deb.key), files.get(pool_path)
+        if same_version and same_version.sha256 != deb.sha256:
+            raise PublishError(f"{path}: {same_version.path} is {deb.describe()} too, with other contents",
+                               hint="publish one of them: a version has one content")
+        if same_file and same_file.key != deb.key:
+            raise PublishError(f"{path}: {deb.describe()} and {same_file.path}, {same_file.describe()}, would be "
+                               f"one pool file ({pool_path})",
+                               hint="versions that differ only in their epoch cannot both be published: bump one")
+        debs.setdefault(deb.key, deb)
+        files.setdefault(pool_path, deb)
+    return list(debs.values())
 
 
 @contextlib.contextmanager
@@ -108,16 +179,16 @@ def locked(root: Path) -> Iterator[None]:
 
 
 def plan(debs: Sequence[Deb], target: Target) -> list[Deb]:
-    """The debs that are new. Refuses, before anything changes, a file name
+    """The debs that are new. Refuses, before anything changes, a version
     already published with other bytes: a published version is immutable."""
     new = []
     for deb in debs:
         published = target.root / deb.pool_path(target.component)
         if not published.exists():
             new.append(deb)
-        elif sha256(published) != sha256(deb.path):
+        elif sha256(published) != deb.sha256:
             raise PublishError(
-                f"{deb.package} {deb.version} is already published in {target.root} with different contents "
+                f"{deb.path}: {deb.describe()} is already published in {target.root} with different contents "
                 f"({published.relative_to(target.root)})",
                 hint="a version is published once: bump the version (debian/changelog, or version = in the "
                      "site config) and build again")
@@ -209,8 +280,8 @@ def switch_suite(target: Target, suite_dir: Path) -> None:
 
 def publish(paths: Sequence[Path], target: Target) -> list[Deb]:
     """Add the debs and re-sign the suite; returns the debs that were new."""
-    require_tools(["apt-ftparchive", "gpg"])
-    debs = [Deb.read(p) for p in paths]
+    require_tools(["apt-ftparchive", "dpkg-deb", "gpg"])
+    debs = check_debs(paths, target)
     with locked(target.root):
         new = plan(debs, target)
         if not new and (target.root / "dists" / target.suite).exists():

@@ -6,6 +6,8 @@ import functools
 import hashlib
 import http.server
 import lzma
+import re
+import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -13,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from debian.deb822 import Packages, Release
+from debian.deb822 import Deb822, Packages, Release
 
 import vm
 from conftest import make_key
@@ -56,6 +58,20 @@ def digest(deb: Path) -> str:
     return hashlib.sha256(deb.read_bytes()).hexdigest()
 
 
+def repack(deb: Path, out: Path, **fields: str) -> Path:
+    """deb with its control fields changed, packed with dpkg-deb --nocheck: as a crafted .deb would be."""
+    tree = out.parent / f"{out.name}.tree"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["dpkg-deb", "-R", deb, tree], check=True)
+    control = Deb822((tree / "DEBIAN/control").read_text())
+    for name, value in fields.items():
+        control[name] = value
+    (tree / "DEBIAN/control").write_text(control.dump())
+    subprocess.run(["dpkg-deb", "--nocheck", "--root-owner-group", "-b", tree, out], check=True, capture_output=True)
+    shutil.rmtree(tree)
+    return out
+
+
 def packages(root: Path, suite: str = "stable") -> list[tuple[str, str]]:
     text = (root / "dists" / suite / "main/binary-amd64/Packages").read_text()
     return sorted((p["Package"], p["Version"]) for p in Packages.iter_paragraphs(text, use_apt_pkg=False))
@@ -90,6 +106,17 @@ def test_same_version_other_bytes_is_refused(tmp_path: Path, built_deb: Path, si
         publish([impostor], target(repo, signing))
     assert caught.value.hint is not None and "bump the version" in caught.value.hint
     assert snapshot(repo) == before
+    # A version is immutable, not a file name.
+    renamed = tmp_path / "renamed" / "apparmor-fullsystem_0.1+rebuilt_all.deb"
+    renamed.parent.mkdir()
+    shutil.copyfile(impostor, renamed)
+    with pytest.raises(PublishError, match="already published .* with different contents"):
+        publish([renamed], target(repo, signing))
+    assert snapshot(repo) == before
+    # Nor can one publish bring both.
+    with pytest.raises(PublishError, match=re.escape(f"{impostor} is apparmor-fullsystem 0.1 (all) too, with other contents")):
+        publish([impostor, renamed, built_deb], target(tmp_path / "fresh", signing))
+    assert snapshot(tmp_path / "fresh") == {}
 
 
 def test_failed_signing_leaves_the_served_indices(tmp_path: Path, built_deb: Path, newer_deb: Path,
@@ -101,6 +128,82 @@ def test_failed_signing_leaves_the_served_indices(tmp_path: Path, built_deb: Pat
         publish([newer_deb], Target(root=repo, gnupghome=signing[0], key="0000000000000000DEADBEEF"))
     assert snapshot(repo / "dists") == served
     assert packages(repo) == [("apparmor-fullsystem", "0.1")]
+
+
+def cut_short(deb: Path, out: Path) -> Path:
+    """deb as an interrupted copy leaves it: its first half, control member whole."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data = deb.read_bytes()
+    out.write_bytes(data[:len(data) // 2])
+    return out
+
+
+def test_a_truncated_deb_is_refused_and_does_not_block_the_good_one(tmp_path: Path, built_deb: Path,
+                                                                     newer_deb: Path,
+                                                                     signing: tuple[Path, str]) -> None:
+    repo = tmp_path / "repo"
+    publish([built_deb], target(repo, signing))
+    before = snapshot(repo)
+    truncated = cut_short(newer_deb, tmp_path / "download" / newer_deb.name)
+    with pytest.raises(PublishError) as caught:
+        publish([truncated], target(repo, signing))
+    assert caught.value.message.startswith(f"{truncated}: not a whole .deb (")
+    assert "\n" not in caught.value.message and caught.value.hint and "build it again" in caught.value.hint
+    assert snapshot(repo) == before
+    assert [d.version for d in publish([newer_deb], target(repo, signing))] == ["0.2"]
+    assert apt_view(repo, signing)["apparmor-fullsystem", "0.2"] == digest(newer_deb)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("Source", "../../../escaped"),
+    ("Source", "{tmp_path}/escaped"),
+    ("Package", "../../../escaped"),
+    ("Version", "0.2/../../../../../escaped"),
+    ("Architecture", "../../../escaped"),
+])
+def test_crafted_control_fields_never_reach_a_path(field: str, value: str, tmp_path: Path, built_deb: Path,
+                                                   newer_deb: Path, signing: tuple[Path, str]) -> None:
+    crafted = repack(newer_deb, tmp_path / "input" / "crafted.deb", **{field: value.format(tmp_path=tmp_path)})
+    repo = tmp_path / "a/b/repo"  # ../../../ from its pool's directories is still inside tmp_path
+    publish([built_deb], target(repo, signing))
+    before = snapshot(tmp_path)
+    with pytest.raises(PublishError) as caught:
+        publish([crafted], target(repo, signing))
+    assert caught.value.message.startswith(f"{crafted}: {field} ")
+    assert snapshot(tmp_path) == before
+
+
+def test_the_pool_name_is_canonical(tmp_path: Path, built_deb: Path, newer_deb: Path, broken_full_deb: Path,
+                                    signing: tuple[Path, str]) -> None:
+    repo = tmp_path / "repo"
+    publish([built_deb], target(repo, signing))
+    # 0.2 under the name the published 0.1 has, 0.3 under a download's name.
+    misnamed = tmp_path / "in" / built_deb.name
+    misnamed.parent.mkdir()
+    shutil.copyfile(newer_deb, misnamed)
+    download = tmp_path / "in" / "apparmor-fullsystem.deb"
+    shutil.copyfile(broken_full_deb, download)
+    assert sorted(d.version for d in publish([misnamed, download], target(repo, signing))) == ["0.2", "0.3"]
+    assert apt_view(repo, signing) == {("apparmor-fullsystem", "0.1"): digest(built_deb),
+                                       ("apparmor-fullsystem", "0.2"): digest(newer_deb),
+                                       ("apparmor-fullsystem", "0.3"): digest(broken_full_deb)}
+    pool = repo / "pool/main/a/apparmor-fullsystem"
+    assert sorted(p.name for p in pool.iterdir()) == [f"apparmor-fullsystem_{v}_all.deb" for v in ("0.1", "0.2", "0.3")]
+
+
+def test_an_architecture_the_suite_does_not_index_is_refused(tmp_path: Path, newer_deb: Path,
+                                                             signing: tuple[Path, str]) -> None:
+    arm64 = repack(newer_deb, tmp_path / "apparmor-fullsystem_0.2_arm64.deb", Architecture="arm64")
+    repo = tmp_path / "repo"
+    with pytest.raises(PublishError) as caught:
+        publish([arm64], target(repo, signing))
+    assert caught.value.message.startswith(f"{arm64}: Architecture arm64 is not indexed")
+    assert caught.value.hint and "--arch arm64" in caught.value.hint
+    assert snapshot(repo) == {}
+    both = Target(root=repo, gnupghome=signing[0], key=signing[1], architectures=("amd64", "arm64"))
+    assert [d.version for d in publish([arm64], both)] == ["0.2"]
+    assert apt_view(repo, signing, arch="arm64") == {("apparmor-fullsystem", "0.2"): digest(arm64)}
+    assert apt_view(repo, signing, arch="amd64") == {}
 
 
 def test_gnupghome_from_the_environment_is_gpgs_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -216,3 +319,8 @@ def test_cli_publish_and_client_config(tmp_path: Path, built_deb: Path, signing:
     subprocess.run(["gpgv", "--keyring", keyring, repo / "dists/bookworm/InRelease"], check=True, capture_output=True)
     bad = aa_pkg("publish", str(built_deb), "--repo", str(repo), "--suite", "Bad Suite", cwd=tmp_path)
     assert bad.returncode == 1 and bad.stderr.startswith("aa-pkg: error: suite 'Bad Suite' is not allowed")
+    truncated = cut_short(built_deb, tmp_path / "cut" / built_deb.name)
+    refused = aa_pkg("publish", str(truncated), *common, cwd=tmp_path)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.startswith(f"aa-pkg: error: {truncated}: not a whole .deb (")
+    assert len(refused.stderr.splitlines()) == 2 and refused.stderr.splitlines()[1].startswith("aa-pkg: hint: ")
