@@ -1,15 +1,31 @@
-"""`aa-pkg publish`: put .debs into a signed, pool-style apt repository.
+"""`aa-pkg publish`: put .debs into a signed, pool-style apt repository, as one transaction.
 
     repo/pool/<component>/<initial>/<source>/<package>_<version>_<arch>.deb   every version ever published
     repo/dists/<suite> -> .<suite>.<generation>            symlink, switched atomically
         Release  InRelease  Release.gpg  <component>/binary-<arch>/Packages{,.gz,.xz}
 
-The indices and the Release file are written by apt-ftparchive (Debian's own
-tool: apt's hashes and field order, no hand formatting), with a checksum
-cache so a publish into a large repository only hashes the new files. A new
-generation of dists/<suite> is built beside the served one and swapped in
-with one rename(2), so a client, or an interrupted publish, never sees a
-half-written index. One lock per repository serialises publishers.
+A publish runs from the checks of its input to the signed index as one
+transaction:
+
+    check_debs      each input is a whole .deb, its fields are safe in a path,
+                    its architecture is indexed
+    plan            against what the served indices list: a (package, version,
+                    architecture) is published once, with one content
+    add_to_pool     the new files, under their canonical names
+    write_indices   apt-ftparchive (apt's own formats and hashes)
+    write_release, sign_release
+    switch_suite    one rename(2) of dists/<suite>: the commit
+
+What clients see is what the served indices list. Until the switch, the new
+pool files are listed by none of them, and any failure (or ^C) removes them
+and the new generation: the repository is left as it was, and a retry
+publishes. The indices, not the pool, say what is published: a file in the
+pool that no served index lists (left by a publish killed before its
+switch) is not published, and the next publish of that version replaces it.
+
+The indices are written with a checksum cache, so a publish into a large
+repository only hashes the new files. One lock per repository serialises
+publishers.
 
 Suites in one repository share the pool of a component: keep one repository
 directory per distribution when their package sets must differ.
@@ -26,12 +42,14 @@ import lzma
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from debian.arfile import ArError
+from debian.deb822 import Packages
 from debian.debfile import DebError, DebFile
 
 from aa_pkg.errors import AaPkgError, CommandError
@@ -39,7 +57,7 @@ from aa_pkg.run import Result, require_tools, run
 
 log = logging.getLogger(__name__)
 
-STATE_DIR = ".aa-pkg"  # lock and checksum cache; not part of the apt repository
+STATE_DIR = ".aa-pkg"  # lock, checksum cache, a running publish's scratch; not part of the apt repository
 GENERATIONS_KEPT = 2  # the served one and the one before, for clients mid-download
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9.+-]*")
 # Debian Policy §5.6.1 (Package, Source), §5.6.12 (Version), §5.6.8
@@ -49,6 +67,7 @@ VERSION_RE = re.compile(r"(?:[0-9]+:)?[A-Za-z0-9][A-Za-z0-9.+~-]*")
 ARCHITECTURE_RE = re.compile(r"[a-z0-9][a-z0-9-]*")
 
 Key = tuple[str, str, str]  # (Package, Version, Architecture): what apt tells apart
+Index = dict[str, dict[Key, set[tuple[str, str]]]]  # architecture -> key -> {(Filename, SHA256)}
 
 
 class PublishError(AaPkgError):
@@ -169,39 +188,107 @@ def check_debs(paths: Sequence[Path], target: Target) -> list[Deb]:
     return list(debs.values())
 
 
-@contextlib.contextmanager
-def locked(root: Path) -> Iterator[None]:
-    state = root / STATE_DIR
-    state.mkdir(parents=True, exist_ok=True)
-    with (state / "lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+def read_index(suite_dir: Path, component: str) -> Index:
+    index: Index = {}
+    for packages in sorted(suite_dir.glob(f"{component}/binary-*/Packages")):
+        listed = index.setdefault(packages.parent.name.removeprefix("binary-"), {})
+        with packages.open() as f:
+            for p in Packages.iter_paragraphs(f, use_apt_pkg=False,
+                                              fields=["Package", "Version", "Architecture", "Filename", "SHA256"]):
+                listed.setdefault((p["Package"], p["Version"], p["Architecture"]), set()).add(
+                    (p["Filename"], p["SHA256"]))
+    return index
 
 
-def plan(debs: Sequence[Deb], target: Target) -> list[Deb]:
-    """The debs that are new. Refuses, before anything changes, a version
-    already published with other bytes: a published version is immutable."""
+def served_indices(target: Target) -> dict[str, Index]:
+    """What the served suites list, by suite: the truth of what is published (pool files may be more)."""
+    dists = target.root / "dists"
+    if not dists.is_dir():
+        return {}
+    return {suite.name: read_index(suite, target.component)
+            for suite in sorted(dists.iterdir()) if not suite.name.startswith(".") and suite.is_dir()}
+
+
+def listed(deb: Deb, index: Index, target: Target) -> bool:
+    """Every index apt reads for deb's architecture lists it, and only with deb's SHA256."""
+    for arch in indexed_architectures(deb, target):
+        entries = index.get(arch, {}).get(deb.key, set())
+        if not entries or any(sha != deb.sha256 for _, sha in entries):
+            return False
+    return True
+
+
+def plan(debs: Sequence[Deb], target: Target, served: dict[str, Index]) -> list[Deb]:
+    """The debs the suite does not list yet. Refuses, before anything changes, a version any served index
+    lists with other contents, and a pool file a served index lists as another version: a published
+    version is immutable."""
+    contents: dict[Key, dict[str, str]] = {}  # key -> {SHA256: Filename}, in any served suite
+    holders: dict[str, Key] = {}  # Filename -> the key a served index lists it as
+    for index in served.values():
+        for per_arch in index.values():
+            for key, entries in per_arch.items():
+                for filename, sha in entries:
+                    contents.setdefault(key, {})[sha] = filename
+                    holders[filename] = key
+    hint = ("a version is published once: bump the version (debian/changelog, or version = in the site config) "
+            "and build again")
     new = []
     for deb in debs:
-        published = target.root / deb.pool_path(target.component)
-        if not published.exists():
+        others = {sha: name for sha, name in contents.get(deb.key, {}).items() if sha != deb.sha256}
+        if others:
+            raise PublishError(f"{deb.path}: {deb.describe()} is already published in {target.root} with different "
+                               f"contents ({next(iter(others.values()))})", hint=hint)
+        pool_path = str(deb.pool_path(target.component))
+        holder = holders.get(pool_path, deb.key)
+        if holder != deb.key:
+            raise PublishError(f"{deb.path}: its pool file {pool_path} already holds {holder[0]} {holder[1]} "
+                               f"({holder[2]}); versions that differ only in their epoch share a file name",
+                               hint=hint)
+        if not listed(deb, served.get(target.suite, {}), target):
             new.append(deb)
-        elif sha256(published) != deb.sha256:
-            raise PublishError(
-                f"{deb.path}: {deb.describe()} is already published in {target.root} with different contents "
-                f"({published.relative_to(target.root)})",
-                hint="a version is published once: bump the version (debian/changelog, or version = in the "
-                     "site config) and build again")
     return new
 
 
-def copy_into_pool(debs: Sequence[Deb], target: Target) -> None:
+def make_dirs(path: Path, undo: contextlib.ExitStack) -> None:
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        directory.mkdir()
+        undo.callback(directory.rmdir)
+
+
+def add_to_pool(debs: Sequence[Deb], target: Target, work: Path, undo: contextlib.ExitStack) -> None:
+    """Copy the debs to their pool paths, each file whole or not at all; `undo` takes them out again.
+
+    A file already there with the same bytes stays (another suite serves it,
+    or an interrupted publish left it). One with other bytes is listed by no
+    served index (plan() refused that), and is set aside until the commit.
+    """
     for deb in debs:
         published = target.root / deb.pool_path(target.component)
-        published.parent.mkdir(parents=True, exist_ok=True)
-        partial = published.with_name(f".{published.name}.partial")
-        shutil.copyfile(deb.path, partial)
-        os.replace(partial, published)
+        if published.is_file() and sha256(published) == deb.sha256:
+            continue
+        make_dirs(published.parent, undo)
+        staged = work / deb.filename
+        shutil.copyfile(deb.path, staged)
+        if published.exists():
+            log.warning("replacing %s: no served index lists it", published)
+            aside = work / f"{deb.filename}.unlisted"
+            os.replace(published, aside)
+            undo.callback(os.replace, aside, published)
+        os.replace(staged, published)
+        undo.callback(published.unlink)
+
+
+def new_generation(target: Target, undo: contextlib.ExitStack) -> Path:
+    dists = target.root / "dists"
+    make_dirs(dists, undo)
+    suite_dir = dists / f".{target.suite}.{time.time_ns()}"
+    suite_dir.mkdir()
+    undo.callback(shutil.rmtree, suite_dir)
+    return suite_dir
 
 
 def write_indices(target: Target, suite_dir: Path) -> None:
@@ -209,7 +296,8 @@ def write_indices(target: Target, suite_dir: Path) -> None:
     for arch in target.architectures:
         binary = suite_dir / target.component / f"binary-{arch}"
         binary.mkdir(parents=True)
-        # Relative to the repository root, so Filename: is pool/...
+        # Relative to the repository root, so Filename: is pool/... --arch
+        # indexes only *_<arch>.deb and *_all.deb, hence the canonical names.
         packages = run(["apt-ftparchive", "--db", cache, "--arch", arch, "packages",
                         Path("pool") / target.component], cwd=target.root).stdout
         (binary / "Packages").write_text(packages)
@@ -261,44 +349,82 @@ def sign_release(target: Target, suite_dir: Path) -> None:
                                 "have no passphrase or a running agent") from None
 
 
-def switch_suite(target: Target, suite_dir: Path) -> None:
-    """Point dists/<suite> at the new generation with one rename(2)."""
-    dists = target.root / "dists"
-    link = dists / target.suite
+def check_suite_link(target: Target) -> None:
+    link = target.root / "dists" / target.suite
     if link.exists() and not link.is_symlink():
         raise PublishError(f"{link} is a directory, not a generation link",
                            hint="this repository was not written by aa-pkg publish; publish into a new directory")
+
+
+def switch_suite(target: Target, suite_dir: Path) -> None:
+    """Point dists/<suite> at the new generation with one rename(2): the commit."""
+    dists = target.root / "dists"
     new_link = dists / f".{target.suite}.link"
     with contextlib.suppress(FileNotFoundError):
         new_link.unlink()
     new_link.symlink_to(suite_dir.name)
-    os.replace(new_link, link)
+    try:
+        os.replace(new_link, dists / target.suite)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):  # gone if the rename happened
+            new_link.unlink()
+        raise
     generations = sorted(dists.glob(f".{target.suite}.[0-9]*"), key=lambda p: p.name)
     for old in generations[:-GENERATIONS_KEPT]:
         shutil.rmtree(old)
 
 
+def served_generation(target: Target) -> str | None:
+    link = target.root / "dists" / target.suite
+    return os.readlink(link) if link.is_symlink() else None
+
+
+@contextlib.contextmanager
+def transaction(target: Target) -> Iterator[contextlib.ExitStack]:
+    """Runs what the body registered on the stack, in reverse, if the body fails before its switch_suite().
+
+    The commit is the switch of dists/<suite> (under the lock, only this
+    publish moves it): a failure after it, even a ^C before this frame
+    sees the switch return, undoes nothing.
+    """
+    served = served_generation(target)
+    with contextlib.ExitStack() as undo:
+        try:
+            yield undo
+        except BaseException:
+            if served_generation(target) != served:
+                undo.pop_all()
+            raise
+        undo.pop_all()
+
+
+@contextlib.contextmanager
+def locked(root: Path) -> Iterator[Path]:
+    state = root / STATE_DIR
+    state.mkdir(parents=True, exist_ok=True)
+    with (state / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for scratch in state.glob("publish-*"):  # of a publish that was killed: nothing in it is served
+            shutil.rmtree(scratch)
+        yield state
+
+
 def publish(paths: Sequence[Path], target: Target) -> list[Deb]:
-    """Add the debs and re-sign the suite; returns the debs that were new."""
+    """Add the debs and re-sign the suite, all or nothing; returns the debs the suite did not list before."""
     require_tools(["apt-ftparchive", "dpkg-deb", "gpg"])
     debs = check_debs(paths, target)
-    with locked(target.root):
-        new = plan(debs, target)
-        if not new and (target.root / "dists" / target.suite).exists():
+    with locked(target.root) as state:
+        check_suite_link(target)
+        new = plan(debs, target, served_indices(target))
+        if not new:
             return []
-        copy_into_pool(new, target)
-        dists = target.root / "dists"
-        dists.mkdir(exist_ok=True)
-        suite_dir = dists / f".{target.suite}.{time.time_ns()}"
-        suite_dir.mkdir()
-        try:
+        with tempfile.TemporaryDirectory(prefix="publish-", dir=state) as work, transaction(target) as undo:
+            add_to_pool(new, target, Path(work), undo)
+            suite_dir = new_generation(target, undo)
             write_indices(target, suite_dir)
             write_release(target, suite_dir)
             sign_release(target, suite_dir)
-        except BaseException:
-            shutil.rmtree(suite_dir)  # the served generation stays as it was
-            raise
-        switch_suite(target, suite_dir)
+            switch_suite(target, suite_dir)
     return new
 
 

@@ -6,19 +6,22 @@ import functools
 import hashlib
 import http.server
 import lzma
+import os
 import re
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from debian.deb822 import Deb822, Packages, Release
 
 import vm
 from conftest import make_key
+from aa_pkg import publish as publish_module
 from aa_pkg.build import build
 from aa_pkg.config import load_config
 from aa_pkg.publish import PublishError, Target, export_key, publish, sources_stanza
@@ -31,8 +34,12 @@ def target(root: Path, signing: tuple[Path, str], suite: str = "stable") -> Targ
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "link"
-            for p in sorted(root.rglob("*")) if ".aa-pkg" not in p.parts}
+    """Every file and its hash, every directory, every link and its target: all a client could fetch."""
+    def state(p: Path) -> str:
+        if p.is_symlink():
+            return f"-> {os.readlink(p)}"
+        return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "directory"
+    return {str(p.relative_to(root)): state(p) for p in sorted(root.rglob("*")) if ".aa-pkg" not in p.parts}
 
 
 def apt_view(repo: Path, signing: tuple[Path, str], suite: str = "stable", arch: str = "amd64"
@@ -119,15 +126,102 @@ def test_same_version_other_bytes_is_refused(tmp_path: Path, built_deb: Path, si
     assert snapshot(tmp_path / "fresh") == {}
 
 
-def test_failed_signing_leaves_the_served_indices(tmp_path: Path, built_deb: Path, newer_deb: Path,
-                                                  signing: tuple[Path, str]) -> None:
+def test_failed_signing_leaves_the_repository_and_a_retry_publishes(tmp_path: Path, built_deb: Path,
+                                                                    newer_deb: Path,
+                                                                    signing: tuple[Path, str]) -> None:
     repo = tmp_path / "repo"
     publish([built_deb], target(repo, signing))
-    served = snapshot(repo / "dists")
-    with pytest.raises(PublishError, match="signing failed"):
+    served = snapshot(repo)
+    with pytest.raises(PublishError, match="signing failed") as caught:
         publish([newer_deb], Target(root=repo, gnupghome=signing[0], key="0000000000000000DEADBEEF"))
-    assert snapshot(repo / "dists") == served
-    assert packages(repo) == [("apparmor-fullsystem", "0.1")]
+    assert snapshot(repo) == served  # the pool too: no newer_deb in it that no index lists
+    assert "\n" not in caught.value.message and "0000000000000000DEADBEEF" in caught.value.message
+    assert [d.version for d in publish([newer_deb], target(repo, signing))] == ["0.2"]
+    assert apt_view(repo, signing) == {("apparmor-fullsystem", "0.1"): digest(built_deb),
+                                       ("apparmor-fullsystem", "0.2"): digest(newer_deb)}
+
+
+INJECTED = "No space left on device (injected)"
+
+
+def fail_after(step: Callable[..., Any], error: BaseException) -> Callable[..., Any]:
+    """step, run for real, then error: a step that failed after writing what it writes."""
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        step(*args, **kwargs)
+        raise error
+    return failing
+
+
+def inject(step: str, repo: Path, monkeypatch: pytest.MonkeyPatch) -> type[BaseException]:
+    """Make `step` of the next publish into repo fail; returns the exception it raises."""
+    if step == "pool":  # copying the second .deb
+        copies: list[object] = []
+        real_copyfile = shutil.copyfile
+
+        def copyfile(source: Any, destination: Any, **kwargs: Any) -> Any:
+            copies.append(source)
+            if len(copies) == 2:
+                raise OSError(28, INJECTED)
+            return real_copyfile(source, destination, **kwargs)
+        monkeypatch.setattr(shutil, "copyfile", copyfile)
+        return OSError
+    if step == "indexing":
+        monkeypatch.setattr(publish_module, "write_indices",
+                            fail_after(publish_module.write_indices, OSError(28, INJECTED)))
+        return OSError
+    if step == "signing":  # ^C while gpg signs
+        monkeypatch.setattr(publish_module, "sign_release",
+                            fail_after(publish_module.sign_release, KeyboardInterrupt()))
+        return KeyboardInterrupt
+    assert step == "switch"  # the rename(2) of dists/<suite> itself
+    real_replace = os.replace
+
+    def replace(source: Any, destination: Any, **kwargs: Any) -> None:
+        if Path(destination) == repo / "dists" / "stable":
+            raise OSError(5, "Input/output error (injected)")
+        real_replace(source, destination, **kwargs)
+    monkeypatch.setattr(os, "replace", replace)
+    return OSError
+
+
+@pytest.mark.parametrize("served", [True, False], ids=["into-a-served-suite", "into-an-empty-repository"])
+@pytest.mark.parametrize("step", ["pool", "indexing", "signing", "switch"])
+def test_a_failure_at_any_step_leaves_the_repository_and_a_retry_publishes(
+        step: str, served: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, built_deb: Path, newer_deb: Path,
+        broken_full_deb: Path, signing: tuple[Path, str]) -> None:
+    repo = tmp_path / "repo"
+    if served:
+        publish([built_deb], target(repo, signing))
+    before = snapshot(repo)
+    with pytest.raises(inject(step, repo, monkeypatch)):
+        publish([newer_deb, broken_full_deb], target(repo, signing))
+    monkeypatch.undo()
+    assert snapshot(repo) == before
+    assert sorted(d.version for d in publish([newer_deb, broken_full_deb], target(repo, signing))) == ["0.2", "0.3"]
+    expected = {("apparmor-fullsystem", "0.2"): digest(newer_deb), ("apparmor-fullsystem", "0.3"): digest(broken_full_deb)}
+    if served:
+        expected["apparmor-fullsystem", "0.1"] = digest(built_deb)
+    assert apt_view(repo, signing) == expected
+
+
+def test_an_interrupt_once_the_suite_is_switched_undoes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                built_deb: Path, newer_deb: Path,
+                                                                signing: tuple[Path, str]) -> None:
+    repo = tmp_path / "repo"
+    publish([built_deb], target(repo, signing))
+    real_replace = os.replace
+
+    def replace(source: Any, destination: Any, **kwargs: Any) -> None:
+        real_replace(source, destination, **kwargs)
+        if Path(destination) == repo / "dists" / "stable":
+            raise KeyboardInterrupt  # ^C as the rename returns: the commit is done
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        publish([newer_deb], target(repo, signing))
+    monkeypatch.undo()
+    assert apt_view(repo, signing) == {("apparmor-fullsystem", "0.1"): digest(built_deb),
+                                       ("apparmor-fullsystem", "0.2"): digest(newer_deb)}
+    assert publish([newer_deb], target(repo, signing)) == []
 
 
 def cut_short(deb: Path, out: Path) -> Path:
@@ -152,6 +246,22 @@ def test_a_truncated_deb_is_refused_and_does_not_block_the_good_one(tmp_path: Pa
     assert snapshot(repo) == before
     assert [d.version for d in publish([newer_deb], target(repo, signing))] == ["0.2"]
     assert apt_view(repo, signing)["apparmor-fullsystem", "0.2"] == digest(newer_deb)
+
+
+@pytest.mark.parametrize("left", ["same bytes", "cut short"])
+def test_a_pool_file_no_index_lists_is_not_published(left: str, tmp_path: Path, built_deb: Path, newer_deb: Path,
+                                                     signing: tuple[Path, str]) -> None:
+    """What a publish killed before its switch leaves, or an earlier aa-pkg left after a failure."""
+    repo = tmp_path / "repo"
+    publish([built_deb], target(repo, signing))
+    left_over = repo / "pool/main/a/apparmor-fullsystem/apparmor-fullsystem_0.2_all.deb"
+    if left == "same bytes":
+        shutil.copyfile(newer_deb, left_over)
+    else:
+        cut_short(newer_deb, left_over)
+    assert [d.version for d in publish([newer_deb], target(repo, signing))] == ["0.2"]
+    assert apt_view(repo, signing) == {("apparmor-fullsystem", "0.1"): digest(built_deb),
+                                       ("apparmor-fullsystem", "0.2"): digest(newer_deb)}
 
 
 @pytest.mark.parametrize(("field", "value"), [
@@ -189,6 +299,12 @@ def test_the_pool_name_is_canonical(tmp_path: Path, built_deb: Path, newer_deb: 
                                        ("apparmor-fullsystem", "0.3"): digest(broken_full_deb)}
     pool = repo / "pool/main/a/apparmor-fullsystem"
     assert sorted(p.name for p in pool.iterdir()) == [f"apparmor-fullsystem_{v}_all.deb" for v in ("0.1", "0.2", "0.3")]
+    # The epoch is not in the file name (dak's rule): 1:0.1 would overwrite 0.1's file.
+    before = snapshot(repo)
+    epoch = repack(built_deb, tmp_path / "in" / "apparmor-fullsystem_1:0.1_all.deb", Version="1:0.1")
+    with pytest.raises(PublishError, match="differ only in their epoch"):
+        publish([epoch], target(repo, signing))
+    assert snapshot(repo) == before
 
 
 def test_an_architecture_the_suite_does_not_index_is_refused(tmp_path: Path, newer_deb: Path,
