@@ -12,7 +12,7 @@ transaction:
     plan            against what the served indices list: a (package, version,
                     architecture) is published once, with one content
     add_to_pool     the new files, under their canonical names
-    write_indices   apt-ftparchive (apt's own formats and hashes)
+    write_indices   apt-ftparchive (apt's own formats and hashes); its errors stop the publish
     write_release, sign_release
     switch_suite    one rename(2) of dists/<suite>: the commit
 
@@ -291,6 +291,27 @@ def new_generation(target: Target, undo: contextlib.ExitStack) -> Path:
     return suite_dir
 
 
+def apt_ftparchive(argv: Sequence[str | os.PathLike[str]], cwd: Path | None = None) -> Result:
+    """apt-ftparchive, whose errors (E:) stop the publish: it exits 0 after an error about a file."""
+    try:
+        result = run(["apt-ftparchive", *argv], cwd=cwd)
+    except CommandError as e:
+        raise PublishError(f"apt-ftparchive failed: {e.output.splitlines()[-1] if e.output else e.message}",
+                           hint="run aa-pkg -v publish to see the command") from None
+    for line in result.stderr.splitlines():
+        if line.startswith("W:"):
+            log.warning("apt-ftparchive: %s", line)
+    errors = [line.removeprefix("E: ") for line in result.stderr.splitlines() if line.startswith("E:")]
+    if errors:
+        file = re.search(r"Errors apply to file '([^']*)'", result.stderr)
+        if not file:
+            raise PublishError(f"apt-ftparchive failed: {errors[0]}", hint="run aa-pkg -v publish to see the command")
+        raise PublishError(f"{(cwd or Path.cwd()) / file.group(1)}: apt-ftparchive cannot read it ({errors[0]})",
+                           hint="if no served index lists it, an interrupted publish left it: remove it; if one "
+                                "does, restore it from a backup. Then publish again")
+    return result
+
+
 def write_indices(target: Target, suite_dir: Path) -> None:
     cache = target.root / STATE_DIR / "checksums.db"
     for arch in target.architectures:
@@ -298,8 +319,8 @@ def write_indices(target: Target, suite_dir: Path) -> None:
         binary.mkdir(parents=True)
         # Relative to the repository root, so Filename: is pool/... --arch
         # indexes only *_<arch>.deb and *_all.deb, hence the canonical names.
-        packages = run(["apt-ftparchive", "--db", cache, "--arch", arch, "packages",
-                        Path("pool") / target.component], cwd=target.root).stdout
+        packages = apt_ftparchive(["--db", cache, "--arch", arch, "packages", Path("pool") / target.component],
+                                  cwd=target.root).stdout
         (binary / "Packages").write_text(packages)
         with gzip.GzipFile(binary / "Packages.gz", "wb", mtime=0) as gz:
             gz.write(packages.encode())
@@ -314,11 +335,11 @@ def write_release(target: Target, suite_dir: Path) -> None:
         "Architectures": " ".join(target.architectures), "Components": target.component,
         "Description": f"{target.origin} packages",
     }
-    argv: list[str | os.PathLike[str]] = ["apt-ftparchive"]
+    argv: list[str | os.PathLike[str]] = []
     for name, value in options.items():
         argv += ["-o", f"APT::FTPArchive::Release::{name}={value}"]
     # Written outside suite_dir: apt-ftparchive would list a Release it finds there.
-    release = run([*argv, "release", suite_dir]).stdout
+    release = apt_ftparchive([*argv, "release", suite_dir]).stdout
     (suite_dir / "Release").write_text(release)
 
 

@@ -264,6 +264,22 @@ def test_a_pool_file_no_index_lists_is_not_published(left: str, tmp_path: Path, 
                                        ("apparmor-fullsystem", "0.2"): digest(newer_deb)}
 
 
+def test_a_pool_file_apt_ftparchive_cannot_read_stops_the_publish(tmp_path: Path, built_deb: Path,
+                                                                  newer_deb: Path, broken_full_deb: Path,
+                                                                  signing: tuple[Path, str]) -> None:
+    repo = tmp_path / "repo"
+    publish([built_deb], target(repo, signing))
+    damaged = cut_short(broken_full_deb, repo / "pool/main/a/apparmor-fullsystem/apparmor-fullsystem_0.3_all.deb")
+    before = snapshot(repo)
+    with pytest.raises(PublishError) as caught:
+        publish([newer_deb], target(repo, signing))
+    assert caught.value.message.startswith(f"{damaged}: apt-ftparchive cannot read it (")
+    assert "\n" not in caught.value.message
+    assert snapshot(repo) == before
+    damaged.unlink()
+    assert [d.version for d in publish([newer_deb], target(repo, signing))] == ["0.2"]
+
+
 @pytest.mark.parametrize(("field", "value"), [
     ("Source", "../../../escaped"),
     ("Source", "{tmp_path}/escaped"),
