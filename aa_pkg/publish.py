@@ -13,6 +13,7 @@ transaction:
                     architecture) is published once, with one content
     add_to_pool     the new files, under their canonical names
     write_indices   apt-ftparchive (apt's own formats and hashes); its errors stop the publish
+    verify_indices  the new index lists every package reported, with its SHA256
     write_release, sign_release
     switch_suite    one rename(2) of dists/<suite>: the commit
 
@@ -329,6 +330,23 @@ def write_indices(target: Target, suite_dir: Path) -> None:
         (binary / "Packages.xz").write_bytes(lzma.compress(packages.encode(), preset=1))
 
 
+def verify_indices(debs: Sequence[Deb], target: Target, suite_dir: Path) -> None:
+    """Before the switch: the new index lists every deb this publish reports, with its SHA256."""
+    index = read_index(suite_dir, target.component)
+    for deb in debs:
+        if listed(deb, index, target):
+            continue
+        lists = {entry for arch in indexed_architectures(deb, target)
+                 for entry in index.get(arch, {}).get(deb.key, set()) if entry[1] != deb.sha256}
+        if lists:
+            filename = min(lists)[0]
+            raise PublishError(f"{deb.path}: the new index of {target.suite} lists {deb.describe()} from {filename} "
+                               f"with other contents; nothing was published",
+                               hint=f"no served index lists {target.root / filename}: remove it and publish again")
+        raise PublishError(f"{deb.path}: the new index of {target.suite} does not list {deb.describe()}; "
+                           f"nothing was published", hint="publish again with aa-pkg -v to see apt-ftparchive's run")
+
+
 def write_release(target: Target, suite_dir: Path) -> None:
     options = {
         "Origin": target.origin, "Label": target.origin, "Suite": target.suite, "Codename": target.suite,
@@ -443,6 +461,7 @@ def publish(paths: Sequence[Path], target: Target) -> list[Deb]:
             add_to_pool(new, target, Path(work), undo)
             suite_dir = new_generation(target, undo)
             write_indices(target, suite_dir)
+            verify_indices(new, target, suite_dir)
             write_release(target, suite_dir)
             sign_release(target, suite_dir)
             switch_suite(target, suite_dir)

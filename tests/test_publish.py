@@ -338,6 +338,35 @@ def test_an_architecture_the_suite_does_not_index_is_refused(tmp_path: Path, new
     assert apt_view(repo, signing, arch="amd64") == {}
 
 
+@pytest.mark.parametrize("damage", ["left out", "other contents"])
+def test_an_index_that_does_not_list_what_is_reported_is_never_served(
+        damage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, built_deb: Path, newer_deb: Path,
+        signing: tuple[Path, str]) -> None:
+    repo = tmp_path / "repo"
+    publish([built_deb], target(repo, signing))
+    before = snapshot(repo)
+    real_write_indices = publish_module.write_indices
+
+    def damaged_write_indices(target: Target, suite_dir: Path) -> None:
+        real_write_indices(target, suite_dir)
+        binary = suite_dir / "main/binary-amd64"
+        stanzas = (binary / "Packages").read_text().split("\n\n")
+        if damage == "left out":
+            stanzas = [s for s in stanzas if "\nVersion: 0.2\n" not in s]
+        else:
+            stanzas = [s.replace(digest(newer_deb), digest(built_deb)) for s in stanzas]
+        text = "\n\n".join(stanzas).encode()
+        (binary / "Packages").write_bytes(text)
+        (binary / "Packages.xz").write_bytes(lzma.compress(text))
+        (binary / "Packages.gz").unlink()
+    monkeypatch.setattr(publish_module, "write_indices", damaged_write_indices)
+    with pytest.raises(PublishError) as caught:
+        publish([newer_deb], target(repo, signing))
+    assert caught.value.message.startswith(f"{newer_deb}: the new index of stable ")
+    assert "nothing was published" in caught.value.message and "\n" not in caught.value.message
+    assert snapshot(repo) == before
+
+
 def test_gnupghome_from_the_environment_is_gpgs_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         built_deb: Path, signing: tuple[Path, str]) -> None:
     home = tmp_path / "home"  # ~/.gnupg there has no key
