@@ -59,7 +59,6 @@ from aa_pkg.run import Result, require_tools, run
 log = logging.getLogger(__name__)
 
 STATE_DIR = ".aa-pkg"  # lock, checksum cache, a running publish's scratch; not part of the apt repository
-GENERATIONS_KEPT = 2  # the served one and the one before, for clients mid-download
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9.+-]*")
 # Debian Policy §5.6.1 (Package, Source), §5.6.12 (Version), §5.6.8
 # (Architecture). They become pool paths: none of them can hold a '/'.
@@ -408,9 +407,6 @@ def switch_suite(target: Target, suite_dir: Path) -> None:
         with contextlib.suppress(FileNotFoundError):  # gone if the rename happened
             new_link.unlink()
         raise
-    generations = sorted(dists.glob(f".{target.suite}.[0-9]*"), key=lambda p: p.name)
-    for old in generations[:-GENERATIONS_KEPT]:
-        shutil.rmtree(old)
 
 
 def served_generation(target: Target) -> str | None:
@@ -437,6 +433,19 @@ def transaction(target: Target) -> Iterator[contextlib.ExitStack]:
         undo.pop_all()
 
 
+def prune_generations(target: Target, keep: set[str | None]) -> None:
+    """After the commit: the new generation and the one it replaced (for clients mid-download) stay; others go,
+    including one a killed publish left unswitched. Published all the same if this fails."""
+    dists = target.root / "dists"
+    generation = re.compile(rf"\.{re.escape(target.suite)}\.[0-9]+")
+    for old in dists.iterdir():
+        if generation.fullmatch(old.name) and old.name not in keep:
+            try:
+                shutil.rmtree(old)
+            except OSError as e:  # the next publish tries again
+                log.warning("could not remove the old generation %s: %s", old, e)
+
+
 @contextlib.contextmanager
 def locked(root: Path) -> Iterator[Path]:
     state = root / STATE_DIR
@@ -457,6 +466,7 @@ def publish(paths: Sequence[Path], target: Target) -> list[Deb]:
         new = plan(debs, target, served_indices(target))
         if not new:
             return []
+        previous = served_generation(target)
         with tempfile.TemporaryDirectory(prefix="publish-", dir=state) as work, transaction(target) as undo:
             add_to_pool(new, target, Path(work), undo)
             suite_dir = new_generation(target, undo)
@@ -465,6 +475,7 @@ def publish(paths: Sequence[Path], target: Target) -> list[Deb]:
             write_release(target, suite_dir)
             sign_release(target, suite_dir)
             switch_suite(target, suite_dir)
+        prune_generations(target, keep={suite_dir.name, previous})
     return new
 
 

@@ -224,6 +224,20 @@ def test_an_interrupt_once_the_suite_is_switched_undoes_nothing(tmp_path: Path, 
     assert publish([newer_deb], target(repo, signing)) == []
 
 
+def test_a_publish_killed_before_its_switch_costs_no_served_generation(tmp_path: Path, built_deb: Path,
+                                                                       newer_deb: Path,
+                                                                       signing: tuple[Path, str]) -> None:
+    repo = tmp_path / "repo"
+    publish([built_deb], target(repo, signing))
+    served = os.readlink(repo / "dists/stable")
+    # What a publish killed (SIGKILL, power loss) after it signed leaves: a newer generation no link names.
+    unswitched = repo / "dists" / f".stable.{int(served.rsplit('.', 1)[1]) + 1}"
+    shutil.copytree(repo / "dists" / served, unswitched)
+    publish([newer_deb], target(repo, signing))
+    assert (repo / "dists" / served / "InRelease").is_file()  # the one just replaced, for clients mid-download
+    assert not unswitched.exists()
+
+
 def cut_short(deb: Path, out: Path) -> Path:
     """deb as an interrupted copy leaves it: its first half, control member whole."""
     out.parent.mkdir(parents=True, exist_ok=True)
