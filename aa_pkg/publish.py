@@ -158,6 +158,15 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def fsync(path: Path) -> None:
+    """Flush a file or a directory's entries, so a rename after it never survives a crash without them."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def indexed_architectures(deb: Deb, target: Target) -> tuple[str, ...]:
     """The binary-<arch> indices that must list deb: all of them for Architecture: all."""
     return target.architectures if deb.architecture == "all" else (deb.architecture,)
@@ -257,6 +266,7 @@ def make_dirs(path: Path, undo: contextlib.ExitStack) -> None:
     for directory in reversed(missing):
         directory.mkdir()
         undo.callback(directory.rmdir)
+        fsync(directory.parent)
 
 
 def add_to_pool(debs: Sequence[Deb], target: Target, work: Path, undo: contextlib.ExitStack) -> None:
@@ -273,6 +283,7 @@ def add_to_pool(debs: Sequence[Deb], target: Target, work: Path, undo: contextli
         make_dirs(published.parent, undo)
         staged = work / deb.filename
         shutil.copyfile(deb.path, staged)
+        fsync(staged)
         if published.exists():
             log.warning("replacing %s: no served index lists it", published)
             aside = work / f"{deb.filename}.unlisted"
@@ -280,6 +291,7 @@ def add_to_pool(debs: Sequence[Deb], target: Target, work: Path, undo: contextli
             undo.callback(os.replace, aside, published)
         os.replace(staged, published)
         undo.callback(published.unlink)
+        fsync(published.parent)
 
 
 def new_generation(target: Target, undo: contextlib.ExitStack) -> Path:
@@ -396,6 +408,9 @@ def check_suite_link(target: Target) -> None:
 
 def switch_suite(target: Target, suite_dir: Path) -> None:
     """Point dists/<suite> at the new generation with one rename(2): the commit."""
+    for path in sorted(suite_dir.rglob("*"), reverse=True):
+        fsync(path)  # files, then their directories: no crash leaves a link to an emptied generation
+    fsync(suite_dir)
     dists = target.root / "dists"
     new_link = dists / f".{target.suite}.link"
     with contextlib.suppress(FileNotFoundError):
@@ -407,6 +422,7 @@ def switch_suite(target: Target, suite_dir: Path) -> None:
         with contextlib.suppress(FileNotFoundError):  # gone if the rename happened
             new_link.unlink()
         raise
+    fsync(dists)
 
 
 def served_generation(target: Target) -> str | None:
