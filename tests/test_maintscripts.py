@@ -358,3 +358,51 @@ def test_remove_leaves_nothing_active_and_reinstall_restores(built_deb, tmp_path
     machine.chroot_run(["dpkg", "--purge", PACKAGE])
     assert not (machine.root / link.lstrip("/")).is_symlink()
     assert not (machine.root / "etc/apparmor.d/fullsystem-init").exists()
+
+
+# update-initramfs, for the concurrency test: runs our hook as mkinitramfs
+# runs it (a DESTDIR of its own, $version), for every kernel, and nothing
+# else of mkinitramfs, so that many rounds take seconds.
+HOOK_ONLY_UPDATE_INITRAMFS = r"""#!/bin/sh
+set -e
+for version in $(ls /usr/lib/modules); do
+    DESTDIR=$(mktemp -d)
+    export DESTDIR version verbose=n
+    /usr/share/initramfs-tools/hooks/apparmor-fullsystem
+    rm -rf "$DESTDIR"
+done
+"""
+
+CONCURRENT_ROUND = r"""
+aa-fullsystem mode "$1" >/tmp/a.log 2>&1 & a=$!
+aa-fullsystem early "$2" >/tmp/b.log 2>&1 & b=$!
+update-initramfs >/tmp/c.log 2>&1 & c=$!
+update-initramfs >/tmp/d.log 2>&1 & d=$!
+status=0
+for pid in $a $b $c $d; do wait $pid || status=$?; done
+cat /tmp/a.log /tmp/b.log /tmp/c.log /tmp/d.log
+echo "@@ status=$status"
+echo "@@ state=$(grep -v '^#' /etc/apparmor-fullsystem/state | tr '\n' ' ')"
+echo "@@ last_good=$(ls /var/lib/apparmor-fullsystem/last-good/ | tr '\n' ' ')"
+echo "@@ copies=$(find /var/lib/apparmor-fullsystem -maxdepth 1 -type d -name 'last-good*' | wc -l)"
+"""
+
+
+def test_concurrent_changes_and_hook_runs_lose_nothing(built_deb, tmp_path):
+    """aa-fullsystem runs and hook runs at once, round after round: no change lost, the last good copy whole."""
+    machine = base_machine(tmp_path / "machine")
+    machine.chroot_run(["dpkg", "-i", put_deb(machine, built_deb)])
+    machine.chroot_run(["aa-fullsystem", "stage", "full"])
+    machine.chroot_run(["dpkg-divert", "--local", "--rename", "--add", "/usr/sbin/update-initramfs"])
+    fake = machine.root / "usr/sbin/update-initramfs"
+    fake.write_text(HOOK_ONLY_UPDATE_INITRAMFS)
+    fake.chmod(0o755)
+    for round_, (mode, early) in enumerate([("enforce", "all"), ("complain", "init")] * 4):
+        result = machine.chroot_run(["sh", "-c", CONCURRENT_ROUND, "sh", mode, early])
+        values = dict(line[3:].split("=", 1) for line in result.stdout.splitlines() if line.startswith("@@ "))
+        context = f"round {round_}: mode {mode}, early {early}\n{result.stdout}"
+        assert values["status"] == "0", context
+        # Both changes, whichever came second.
+        assert values["state"] == f"STAGE=full MODE={mode} EARLY={early} LEVEL=standard ", context
+        assert values["last_good"] == "init-full init-stub policy.d ", context
+        assert values["copies"] == "1", context           # the link's copy only
