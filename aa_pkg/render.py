@@ -99,6 +99,13 @@ class Paths:
         return self.last_good.parent / "removed"
 
     @property
+    def built_digests(self) -> PurePosixPath:
+        # The digest of the policy each kernel's initramfs was built from
+        # (aafs_policy_digest), one file per kernel version, written by the
+        # hook: 'aa-fullsystem status' says which initramfs is stale.
+        return self.last_good.parent / "initramfs"
+
+    @property
     def local_init(self) -> PurePosixPath:
         return PurePosixPath("/etc/apparmor.d/local") / self.profile
 

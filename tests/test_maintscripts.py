@@ -307,6 +307,9 @@ def test_a_new_kernel_is_never_left_without_an_initramfs(installed):
     stub.write_text(good_stub.replace("  change_profile,\n", "  change_profile,\n  not a rule,\n"))
     installed.chroot_run(["mv", LAST_GOOD, f"{LAST_GOOD}.saved"])
     installed.chroot_run(["mv", f"/boot/initrd.img-{version}", f"/root/initrd.img-{version}.saved"])
+    # What that initrd was built from (aa-fullsystem status), restored with it.
+    built_from = f"/var/lib/{PACKAGE}/initramfs/{version}"
+    installed.chroot_run(["cp", built_from, "/root/built-from.saved"])
     try:
         # With an initramfs for that kernel, the hook fails and it is kept ...
         installed.chroot_run(["cp", f"/root/initrd.img-{version}.saved", f"/boot/initrd.img-{version}"])
@@ -326,6 +329,7 @@ def test_a_new_kernel_is_never_left_without_an_initramfs(installed):
         installed.chroot_run(["rm", "-rf", LAST_GOOD])
         installed.chroot_run(["mv", f"{LAST_GOOD}.saved", LAST_GOOD])
         installed.chroot_run(["mv", f"/root/initrd.img-{version}.saved", f"/boot/initrd.img-{version}"])
+        installed.chroot_run(["mv", "/root/built-from.saved", built_from])
 
 
 def names(machine: vm.Machine) -> list[str]:
@@ -406,3 +410,29 @@ def test_concurrent_changes_and_hook_runs_lose_nothing(built_deb, tmp_path):
         assert values["state"] == f"STAGE=full MODE={mode} EARLY={early} LEVEL=standard ", context
         assert values["last_good"] == "init-full init-stub policy.d ", context
         assert values["copies"] == "1", context           # the link's copy only
+
+
+def test_status_names_a_stale_initramfs(installed):
+    """A site profile added or removed since the initramfs was built: status says which one is stale and what to run."""
+    version = installed.kernel_paths()[1].removeprefix("/boot/initrd.img-")
+
+    def stale() -> str:
+        result = installed.chroot_run(["aa-fullsystem", "--json", "status"], check=False)
+        return json.loads(result.stdout)["stale_initramfs"]
+
+    assert stale() == ""
+    profile = installed.root / "etc/apparmor-fullsystem/policy.d/aafs-stale-probe"
+    profile.write_text("abi <abi/3.0>,\nprofile aafs-stale-probe /usr/bin/true flags=(complain) {\n}\n")
+    try:
+        assert stale() == version
+        text = installed.chroot_run(["aa-fullsystem", "status"], check=False).stdout
+        assert f"  {version}: stub (stale: run 'update-initramfs -u -k all')" in text, text
+        assert f"The initramfs of {version} is stale" in text, text
+        installed.chroot_run(["update-initramfs", "-u"])
+        assert stale() == ""
+    finally:
+        profile.unlink()
+    # Removed from policy.d: the initramfs still loads it until rebuilt.
+    assert stale() == version
+    installed.chroot_run(["update-initramfs", "-u"])
+    assert stale() == ""
