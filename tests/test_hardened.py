@@ -3,9 +3,10 @@
 One guest per suite, on a system that adds openssh-server, cron and
 unattended-upgrades to the base. The package is installed with apt and the
 admin's own commands (`aa-fullsystem stage full`, `mode enforce`, `level
-hardened`) are run in the chroot before the first boot, where the
-initramfs is built at the host's speed (the in-guest path of those commands
-is test_lifecycle's).
+hardened`, and `early all`) are run in the chroot before the first boot,
+where the initramfs is built at the host's speed (the in-guest path of
+those commands is test_lifecycle's); the kernel's reinstall in boot 1
+rebuilds it in the guest, precompiling the whole policy, roles included.
 
   boot 1  hardened, enforce: PID 1 and the roles from the initramfs; not one
           apparmor="DENIED" line from the standard boot; each protected
@@ -13,12 +14,16 @@ is test_lifecycle's).
           profile of its own (a oneshot unit), is refused, and run by root
           logged in over ssh, succeeds; a NoNewPrivileges= service with a
           profile of its own runs under it; sshd's sessions are the admin's,
-          cron's jobs a service's.
-          Then, as the admin: `aa-fullsystem level standard`.
+          cron's jobs a service's; status lists the refusals. Then root
+          reinstalls the kernel from a local .deb over ssh.
   boot 2  aa_fullsystem=off on the kernel command line: PID 1 unconfined, and
           a protected operation by a service succeeds: the escape hatch
           still works.
-  boot 3  the standard level: services run with init's rights again.
+  boot 3  the initramfs the kernel's reinstall built, the whole policy
+          precompiled: zero DENIED again; unattended-upgrades, started by
+          PID 1, upgrades a package whose postinst runs update-initramfs.
+          Then `aa-fullsystem level standard`.
+  boot 4  the standard level: services run with init's rights again.
 
 The boot script is the harness's probe (tests/vm.py), itself a service: a
 line in local/fullsystem-init puts it in the admin's role, as the console
@@ -194,7 +199,7 @@ def hardened(request, built_deb, tmp_path_factory) -> vm.Machine:
     machine.chroot_run(["systemctl", "enable", f"{OWN}.service", f"{NNP}.service", f"{PLAIN}.service"])
     machine.chroot_run(["sh", "-c", ("mkdir -p -m 700 /root/.ssh && ssh-keygen -q -t ed25519 -N '' -f /root/.ssh/id_ed25519"
                                      " && cp /root/.ssh/id_ed25519.pub /root/.ssh/authorized_keys")])
-    for command in (["stage", "full"], ["mode", "enforce"], ["level", "hardened"]):
+    for command in (["stage", "full"], ["mode", "enforce"], ["early", "all"], ["level", "hardened"]):
         done = machine.chroot_run(["aa-fullsystem", *command])
         print(f"--- {suite}: aa-fullsystem {shlex.join(command)}\n{done.stdout}")
     return machine
@@ -301,6 +306,9 @@ def test_hardened_enforced_refuses_services_and_keeps_the_admin(hardened):
     v = b.values
     assert v["pid1"] == f"{PROFILE} (enforce)", where(b)
     assert v["record.level"] == "hardened" and v["record.loaded_stage"] == "full", where(b)
+    # Built in the chroot, where no kernel features can be read: the text
+    # init policy, roles and all (the kernel's reinstall below precompiles).
+    assert v["record.early"] == "fallback", where(b)
     assert v["script_shell"] == f"{ADMIN} (enforce)", where(b)
     assert not [p for p in processes(b) if p[2] == "unconfined"], where(b)
 
@@ -355,6 +363,8 @@ def test_hardened_enforced_refuses_services_and_keeps_the_admin(hardened):
     v = b.values
     assert v["initrd_before_uu"] == machine.boots[0].values["initrd_after"], where(b)
     assert v["pid1"] == f"{PROFILE} (enforce)" and v["record.level"] == "hardened", where(b)
+    # The whole policy, the roles with it, precompiled and loaded before PID 1.
+    assert v["record.early"] == "cache", where(b)
     assert v["denied_at_start"] == "0", where(b)
     assert v["apt_update_exit"] == "0", where(b)
     assert v["uu_service"] == "success", where(b)
