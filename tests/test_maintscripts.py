@@ -436,3 +436,19 @@ def test_status_names_a_stale_initramfs(installed):
     assert stale() == version
     installed.chroot_run(["update-initramfs", "-u"])
     assert stale() == ""
+
+
+def test_a_state_that_cannot_be_written_is_reported_and_nothing_changes(installed):
+    """A failed state write is an error, and the level's rules are put back: no success reported for nothing."""
+    check = unchanged(installed)
+    rules = installed.read_file(f"/etc/apparmor.d/{PACKAGE}.d/roles")
+    # /etc/apparmor-fullsystem read-only, in the command's own mount namespace.
+    result = installed.chroot_run(["sh", "-c", "mount --bind /etc/apparmor-fullsystem /etc/apparmor-fullsystem"
+                                   " && mount -o remount,ro,bind /etc/apparmor-fullsystem"
+                                   " && aa-fullsystem stage full"], check=False)
+    print(f"--- aa-fullsystem stage full, state read-only\n{result.stdout}")
+    assert result.returncode == 1, chroot_text(result)
+    assert f"aa-fullsystem: error: cannot write {STATE}; nothing was changed" in result.stdout, chroot_text(result)
+    assert "Reboot to apply" not in result.stdout, chroot_text(result)
+    assert installed.read_file(f"/etc/apparmor.d/{PACKAGE}.d/roles") == rules
+    check()
