@@ -22,13 +22,16 @@ def shipped_profiles(config: Config, tree: Path) -> list[Path]:
     return profiles
 
 
-def shell_scripts(tree: Path) -> list[Path]:
-    """Every shipped file that starts with a /bin/sh shebang, plus the sourced library."""
+def shell_scripts(tree: Path, shell: str = "sh") -> list[Path]:
+    """Every shipped script for that shell: its shebang, or for a sourced
+    library a first line `# shellcheck shell=SHELL` (the functions file is
+    known by name)."""
     scripts = []
     for path in sorted(tree.rglob("*")):
         if path.is_file() and not path.is_symlink():
             head = path.read_bytes()[:64]
-            if head.startswith(b"#!/bin/sh") or path.name == "functions":
+            if head.startswith((f"#!/bin/{shell}\n".encode(), f"# shellcheck shell={shell}\n".encode())) \
+                    or (shell == "sh" and path.name == "functions"):
                 scripts.append(path)
     return scripts
 
@@ -110,9 +113,10 @@ def check_extra_profiles(config: Config, scratch: Path) -> None:
 
 
 def check_scripts(tree: Path) -> None:
-    """`sh -n` on every script: initramfs-tools skips a script that fails it, silently."""
-    for script in shell_scripts(tree):
-        run(["sh", "-n", script])
+    """`sh -n` (`bash -n` for dracut's) on every script: initramfs-tools skips a script that fails it, silently."""
+    for shell in ("sh", "bash"):
+        for script in shell_scripts(tree, shell):
+            run([shell, "-n", script])
 
 
 def check_tree(config: Config, tree: Path) -> None:

@@ -5,8 +5,8 @@ wrongly instead of refusing them: a policy namespace in any header applies
 to every profile of the write, and nothing checks a set for two profiles
 of one name (security/apparmor/policy_unpack.c, aa_unpack; policy.c,
 aa_replace_profiles). The hook reads both from the parser's binaries. This
-runs the perl program of the rendered hook, as shipped, on binaries the
-real parser wrote.
+runs the perl program of the rendered builder (which the hook and the
+dracut module share), as shipped, on binaries the real parser wrote.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ def check(tmp_path_factory: pytest.TempPathFactory) -> str:
     vm.require_tools("apparmor_parser", "perl")
     tree = tmp_path_factory.mktemp("rendered")
     render_package(Config(), tree / "tree", tree / "debian")
-    hook = (tree / "tree/usr/share/initramfs-tools/hooks/apparmor-fullsystem").read_text()
-    found = re.search(r"problem=\$\(perl -e '(.*?)' -- ", hook, re.S)
-    assert found, "the hook's one-set check is not where this test looks for it"
+    builder = (tree / "tree/usr/share/apparmor-fullsystem/initramfs-build").read_text()
+    found = re.search(r"problem=\$\(perl -e '(.*?)' -- ", builder, re.S)
+    assert found, "the shared builder's one-set check is not where this test looks for it"
     return found.group(1)
 
 
