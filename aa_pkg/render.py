@@ -132,6 +132,27 @@ class Paths:
         return PurePosixPath("/usr/share/initramfs-tools/scripts/init-bottom") / self.package
 
     @property
+    def systemd_unit(self) -> PurePosixPath:
+        # A link to /dev/null: the sysvinit script's job is apparmor.service's
+        # under systemd (see init.j2).
+        return PurePosixPath("/usr/lib/systemd/system") / f"{self.package}.service"
+
+    @property
+    def initramfs_builder(self) -> PurePosixPath:
+        # What both generators' adapters (the hook, the dracut module) source.
+        return self.share / "initramfs-build"
+
+    @property
+    def dracut_module(self) -> PurePosixPath:
+        # dracut.modules(7): modules.d/NNname; the number only orders the
+        # modules' install(), and the hook's own number orders the hooks.
+        return PurePosixPath("/usr/lib/dracut/modules.d") / f"90{self.package}"
+
+    @property
+    def dracut_hook_name(self) -> str:
+        return f"{self.package}-load.sh"
+
+    @property
     def last_good(self) -> PurePosixPath:
         # The policy the hook last shipped after it compiled: what goes into
         # the next initramfs when the configured policy no longer compiles
@@ -237,6 +258,9 @@ def shipped_files(paths: Paths) -> list[Shipped]:
     return [
         Shipped("hook.sh.j2", paths.hook, 0o755),
         Shipped("init-bottom.sh.j2", paths.boot_script, 0o755),
+        Shipped("initramfs-build.sh.j2", paths.initramfs_builder, 0o644),
+        Shipped("dracut-module-setup.sh.j2", paths.dracut_module / "module-setup.sh", 0o755),
+        Shipped("dracut-pre-pivot.sh.j2", paths.dracut_module / paths.dracut_hook_name, 0o755),
         Shipped("functions.sh.j2", paths.functions, 0o644),
         Shipped("defaults.j2", paths.defaults, 0o644),
         Shipped("init-stub.apparmor.j2", paths.stub_profile, 0o644),
@@ -255,7 +279,7 @@ def shipped_files(paths: Paths) -> list[Shipped]:
 # the debhelper snippets and installs them into the control area, as it does
 # with the triggers file.
 MAINTAINER_SCRIPTS = ("postinst", "postrm")
-CONTROL_FILES = ("triggers",)
+CONTROL_FILES = ("triggers", "init")
 
 
 def shquote(value: Any) -> str:
@@ -308,6 +332,10 @@ def render_package(config: Config, tree: Path, debian_dir: Path) -> None:
         _write(tree / shipped.destination.relative_to("/"), text, shipped.mode)
     for profile in config.extra_profiles:
         _write(tree / paths.vendor_policy.relative_to("/") / profile.name, profile.read_text(), 0o644)
+    masked = tree / paths.systemd_unit.relative_to("/")
+    masked.parent.mkdir(parents=True, exist_ok=True)
+    masked.unlink(missing_ok=True)
+    masked.symlink_to("/dev/null")
     # The plugin directories ship even when empty: other packages and the
     # admin drop profiles there (see the policy.d section of aa-fullsystem(8)).
     for directory in (paths.vendor_policy, paths.admin_policy):

@@ -41,6 +41,9 @@ def test_package_layout(built_deb: Path) -> None:
     files = contents(built_deb)
     assert files["./usr/share/initramfs-tools/hooks/apparmor-fullsystem"][0] == 0o755
     assert files["./usr/share/initramfs-tools/scripts/init-bottom/apparmor-fullsystem"][0] == 0o755
+    assert files["./usr/share/apparmor-fullsystem/initramfs-build"][0] == 0o644      # sourced by both adapters
+    assert files["./usr/lib/dracut/modules.d/90apparmor-fullsystem/module-setup.sh"][0] == 0o755
+    assert files["./usr/lib/dracut/modules.d/90apparmor-fullsystem/apparmor-fullsystem-load.sh"][0] == 0o755
     assert files["./usr/sbin/aa-fullsystem"][0] == 0o755
     assert "./usr/share/man/man8/aa-fullsystem.8.gz" in files
     assert "./etc/apparmor-fullsystem/policy.d" in files
@@ -52,6 +55,9 @@ def test_package_layout(built_deb: Path) -> None:
                                            "interest-noawait /etc/apparmor-fullsystem/policy.d"}
     assert sorted(scripts["conffiles"].split()) == [b"/etc/apparmor.d/abi/apparmor-fullsystem",
                                                     b"/etc/apparmor.d/fullsystem-init"]
+    # Either generator: Debian's dracut is interested in the same trigger.
+    depends = DebFile(str(built_deb)).debcontrol()["Depends"]  # type: ignore[no-untyped-call]
+    assert "initramfs-tools | dracut" in [d.strip() for d in depends.split(",")], depends
     # dh_apparmor's reload, after our own state handling
     postinst = scripts["postinst"].decode()
     assert postinst.index("aafs_sync_force_complain") < postinst.index("apparmor_parser -r -T -W")

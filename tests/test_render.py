@@ -80,19 +80,33 @@ def test_defaults_follow_the_config(tmp_path: Path) -> None:
 def shell_files(tree: Path, debian: Path) -> list[Path]:
     from aa_pkg.check import shell_scripts
 
-    return shell_scripts(tree) + sorted(p for p in debian.iterdir() if p.suffix[1:] in MAINTAINER_SCRIPTS)
+    return shell_scripts(tree) + sorted(p for p in debian.iterdir() if p.suffix[1:] in (*MAINTAINER_SCRIPTS, "init"))
 
 
 @pytest.mark.tools
 def test_shell_scripts_pass_sh_n_checkbashisms_shellcheck(rendered: tuple[Path, Path]) -> None:
     vm.require_tools("checkbashisms", "shellcheck", "dash")
     scripts = shell_files(*rendered)
-    assert len(scripts) == 6
+    # hook, boot script, functions, shared builder, dracut's pre-pivot
+    # hook, aa-fullsystem, postinst, postrm, the sysvinit script
+    assert len(scripts) == 9
     for script in scripts:
         run(["sh", "-n", script])
         run(["dash", "-n", script])
         run(["checkbashisms", "--force", "--posix", script])
         run(["shellcheck", "--shell=dash", "--severity=style", script])
+
+
+@pytest.mark.tools
+def test_dracut_module_setup_passes_bash_n_and_shellcheck(rendered: tuple[Path, Path]) -> None:
+    """dracut sources module-setup.sh into its bash (dracut.modules(7))."""
+    from aa_pkg.check import shell_scripts
+
+    vm.require_tools("shellcheck", "bash")
+    (script,) = shell_scripts(rendered[0], "bash")
+    assert script.name == "module-setup.sh" and script.parent.parent.name == "modules.d"
+    run(["bash", "-n", script])
+    run(["shellcheck", "--shell=bash", "--severity=style", script])
 
 
 @pytest.mark.tools

@@ -124,6 +124,22 @@ ExecStart=/usr/local/sbin/vm-probe
 WantedBy=multi-user.target
 """
 
+# The probe under sysvinit (Machine.use_sysvinit): the same report, with
+# the runlevel for multi-user.target and sysvinit's poweroff, which runs
+# the rc 0 scripts and unmounts before it powers off.
+SYSV_PROBE_SCRIPT = (PROBE_SCRIPT
+                     .replace('echo "vm-probe: multi-user.target=$(systemctl is-active multi-user.target)"',
+                              'runlevel=$(runlevel | cut -d" " -f2)\n'
+                              'case $runlevel in [2-5]) state=active ;; *) state="runlevel $runlevel" ;; esac\n'
+                              'echo "vm-probe: multi-user.target=$state"')
+                     .replace('echo "vm-probe: system-state=$(systemctl is-system-running --wait)"',
+                              'echo "vm-probe: system-state=sysvinit"'))
+SYSV_PROBE_SCRIPT = SYSV_PROBE_SCRIPT[:SYSV_PROBE_SCRIPT.index("# What \"systemctl poweroff\"")] + "/sbin/poweroff\n"
+assert "systemctl" not in SYSV_PROBE_SCRIPT, "PROBE_SCRIPT changed: adapt SYSV_PROBE_SCRIPT"
+# inittab(5): "once" entries start in file order, after the "wait" entry
+# that runs rc 2 has finished, so the probe sees the booted system.
+SYSV_PROBE_INITTAB = "vp:2345:once:/usr/local/sbin/vm-probe-sysv\n"
+
 # The one place that turns the mmdebstrap result into a bootable test guest.
 # mmdebstrap runs it on the host with "$1" = the new root directory.
 CUSTOMIZE_HOOK = f"""set -e
@@ -391,6 +407,24 @@ class Machine:
         if check and proc.returncode != 0:
             raise ChrootError(proc.returncode, args, output=proc.stdout)
         return proc
+
+    def use_sysvinit(self) -> subprocess.CompletedProcess:
+        """Make sysvinit-core PID 1 (it replaces systemd-sysv), the probe started from inittab."""
+        result = self.install_packages(["sysvinit-core"])
+        probe = self.root / "usr/local/sbin/vm-probe-sysv"
+        probe.write_text(SYSV_PROBE_SCRIPT)
+        probe.chmod(0o755)
+        with open(self.root / "etc/inittab", "a") as inittab:
+            inittab.write(SYSV_PROBE_INITTAB)
+        return result
+
+    def install_packages(self, names: list[str]) -> subprocess.CompletedProcess:
+        """apt-get install packages of the suite by name (from the network)."""
+        self._refuse_after_boot("install_packages")
+        if not self._apt_updated:
+            self.chroot_run(["apt-get", "update"])
+            self._apt_updated = True
+        return self.chroot_run(["apt-get", "install", "-y", *names])
 
     def install_debs(self, debs: list[Path]) -> subprocess.CompletedProcess:
         """apt-get install the .deb files (dependencies from the network)."""
