@@ -45,8 +45,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 # Minutes per suite, one vCPU, from a full run: lifecycle 18-20, early
 # 13, hardened about 12, boot 10-12 (a shared stub machine and three
-# more); the harness 1.
-VM_MODULES_LONGEST_FIRST = ["test_lifecycle", "test_early", "test_hardened", "test_boot", "test_publish", "test_vm_harness"]
+# more); dracut (trixie only) and sysvinit (bookworm only) one guest
+# each; the harness 1.
+VM_MODULES_LONGEST_FIRST = ["test_lifecycle", "test_early", "test_hardened", "test_dracut", "test_boot",
+                            "test_sysvinit", "test_publish", "test_vm_harness"]
 
 
 @pytest.fixture(scope="session")
