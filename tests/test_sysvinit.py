@@ -1,0 +1,143 @@
+"""sysvinit-core as PID 1: init confined from its first instruction.
+
+One bookworm guest where sysvinit-core replaces systemd-sysv, then our
+package, installed by apt. Without systemd, apparmor's own init script
+loads the policy, and its "start" loads nothing once any profile is loaded
+("already loaded with profiles: Skipped"), which ours are, from the
+initramfs: so the package's own init script (/etc/init.d/apparmor-fullsystem)
+asks it for a reload, as apparmor.service does under systemd.
+
+  boot 1  fresh install (stub): the system's other profiles load and
+          attach as before (a program with its own profile enters it),
+          and the full profile replaces init's stub; then, in the guest,
+          `aa-fullsystem stage full` and `mode enforce`.
+  boot 2  full stage in enforce mode, not one DENIED line; then
+          `apt-get purge`.
+  boot 3  nothing of ours on disk or in the initramfs, PID 1 unconfined.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+try:                    # tests/ imported as a package
+    from . import vm
+    from .guest import (DENIALS, FAST_INITRAMFS, NO_PRINTK_RATELIMIT, PROFILE, RECORD, REPORT,
+                        drop_stale_root, processes, where)
+except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
+    import vm
+    from guest import (DENIALS, FAST_INITRAMFS, NO_PRINTK_RATELIMIT, PROFILE, RECORD, REPORT,
+                       drop_stale_root, processes, where)
+
+pytestmark = [pytest.mark.vm, pytest.mark.slow]
+
+SUITE = "bookworm"
+
+# A program with a profile of its own (a copy of sleep, so that no other
+# profile claims it): complain mode, so it restricts nothing.
+OWN = "aafs-probe-own"
+OWN_BIN = f"/usr/local/bin/{OWN}"
+OWN_PROFILE = f"""\
+abi <abi/3.0>,
+include <tunables/global>
+
+# Test profile of tests/test_sysvinit.py.
+profile {OWN} {OWN_BIN} flags=(complain) {{
+  /** rmix,
+}}
+"""
+
+LOADED = rf"""
+echo "@@ pid1_exe=$(readlink /proc/1/exe)"
+echo "@@ own.loaded=$(grep -c '^{OWN} ' /sys/kernel/security/apparmor/profiles)"
+echo "@@ roles.loaded=$(grep -c '^{PROFILE}-service ' /sys/kernel/security/apparmor/profiles)"
+{OWN_BIN} 60 & pid=$!
+echo "@@ own.label=$(cat /proc/$pid/attr/current)"
+kill $pid
+"""
+
+TO_FULL_ENFORCE = """
+aa-fullsystem stage full
+echo "@@ stage_exit=$?"
+aa-fullsystem mode enforce
+echo "@@ mode_exit=$?"
+"""
+
+PURGE = """
+apt-get purge -y apparmor-fullsystem >/run/purge.log 2>&1
+echo "@@ purge_exit=$?"
+cat /run/purge.log
+"""
+
+LEFTOVERS = rf"""
+echo "@@ pid1=$(cat /proc/1/attr/current)"
+echo "@@ record=$(test -e {RECORD} && echo present || echo absent)"
+echo "@@ files_left=$(find / -xdev \( -name '*apparmor-fullsystem*' -o -name '{PROFILE}*' \) 2>/dev/null | tr '\n' ' ')"
+echo "@@ in_initramfs=$(lsinitramfs /boot/initrd.img-$(uname -r) | grep -c -e apparmor-fullsystem -e {PROFILE})"
+echo "@@ loaded=$(grep -c '^{PROFILE}' /sys/kernel/security/apparmor/profiles)"
+echo "@@ own.loaded=$(grep -c '^{OWN} ' /sys/kernel/security/apparmor/profiles)"
+"""
+
+
+def test_sysvinit_pid1_confined_and_the_other_profiles_load(built_deb, tmp_path):
+    vm.require_tools("qemu-system-x86_64", "mmdebstrap", "mke2fs", "debugfs")
+    vm.require_root()
+    machine = vm.Machine.create(SUITE, tmp_path / "machine")
+    switch = machine.use_sysvinit()
+    print(f"--- apt-get install sysvinit-core\n{switch.stdout[-2000:]}")
+    root = machine.root
+    shutil.copy2(root / "usr/bin/sleep", root / OWN_BIN.lstrip("/"))
+    (root / "etc/apparmor.d" / OWN).write_text(OWN_PROFILE)
+    (root / "etc/sysctl.d/99-aafs-test-printk.conf").write_text(NO_PRINTK_RATELIMIT)
+    install = machine.install_debs([built_deb])
+    print(f"--- apt-get install our package\n{install.stdout[-3000:]}")
+    # update-rc.d put our script after apparmor's, in rcS (insserv orders by the LSB headers).
+    rcs = sorted(p.name for p in (root / "etc/rcS.d").iterdir())
+    ours = next(name for name in rcs if name.endswith("apparmor-fullsystem"))
+    theirs = next(name for name in rcs if name.endswith("apparmor") and name != ours)
+    assert theirs < ours, rcs
+
+    def boot(script: str) -> vm.Boot:
+        result = machine.boot(script=REPORT + LOADED + script, timeout=900)
+        drop_stale_root(machine)
+        print(f"--- {SUITE} with sysvinit, boot {len(machine.boots)}\n{result.output}")
+        assert result.reached_multi_user, where(result)
+        assert result.values["pid1_exe"] == "/usr/sbin/init", where(result)
+        assert not [p for p in processes(result) if p[2] == "unconfined"], where(result)
+        return result
+
+    # Boot 1: the stub from the initramfs; our init script had apparmor's
+    # load the rest: a program with its own profile enters it, and the full
+    # profile (whose file also defines the roles) replaced the stub.
+    b = boot(FAST_INITRAMFS + TO_FULL_ENFORCE)
+    assert b.values["pid1"] == f"{PROFILE} (complain)", where(b)
+    assert b.values["record.loaded_stage"] == "stub", where(b)
+    assert b.values["own.loaded"] == "1", where(b)
+    # Its own profile, stacked on init's (the standard level's exec rule).
+    assert b.values["own.label"] == f"{OWN}//&{PROFILE} (complain)", where(b)
+    assert b.values["roles.loaded"] == "1", where(b)
+    assert b.values["stage_exit"] == "0" and b.values["mode_exit"] == "0", where(b)
+
+    # Boot 2: full stage, enforce mode, and nothing denied.
+    b = boot(DENIALS + PURGE)
+    assert b.values["pid1"] == f"{PROFILE} (enforce)", where(b)
+    assert b.values["record.loaded_stage"] == "full", where(b)
+    assert b.values["record.mode"] == "enforce", where(b)
+    assert b.values["own.loaded"] == "1", where(b)
+    assert b.values["denied_dmesg"] == "0", where(b)
+    assert b.values["suppressed_dmesg"] == "0", where(b)
+    assert b.values["purge_exit"] == "0", where(b)
+
+    # Boot 3: purged: PID 1 unconfined, nothing of ours left; the other
+    # profiles load as they did before the package came.
+    b = machine.boot(script=LEFTOVERS, timeout=900)
+    print(f"--- {SUITE} with sysvinit, after the purge\n{b.output}")
+    assert b.reached_multi_user, where(b)
+    assert b.values["pid1"] == "unconfined", where(b)
+    assert b.values["record"] == "absent", where(b)
+    assert b.values["files_left"] == "", where(b)
+    assert b.values["in_initramfs"] == "0", where(b)
+    assert b.values["loaded"] == "0", where(b)
+    assert b.values["own.loaded"] == "1", where(b)
