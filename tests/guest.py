@@ -109,6 +109,25 @@ fi
 NO_PRINTK_RATELIMIT = "kernel.printk_ratelimit = 0\n"
 
 
+# `apt-get purge` of the package, from inside the guest.
+PURGE = """
+apt-get purge -y apparmor-fullsystem >/run/purge.log 2>&1
+echo "@@ purge_exit=$?"
+cat /run/purge.log
+"""
+
+
+def leftovers(lister: str) -> str:
+    """After a purge: files of ours on the root file system, in this kernel's
+    initramfs (as LISTER, lsinitramfs or lsinitrd, lists it), and profiles
+    of ours loaded."""
+    return f"""
+echo "@@ files_left=$(find / -xdev \\( -name '*apparmor-fullsystem*' -o -name '{PROFILE}*' \\) 2>/dev/null | tr '\\n' ' ')"
+echo "@@ in_initramfs=$({lister} /boot/initrd.img-$(uname -r) | grep -c -e apparmor-fullsystem -e {PROFILE})"
+echo "@@ loaded=$(grep -c '^{PROFILE}' /sys/kernel/security/apparmor/profiles)"
+"""
+
+
 def processes(boot: vm.Boot) -> list[tuple[str, str, str]]:
     """(pid, comm, label) of every userspace process the report listed."""
     rows = []

@@ -27,11 +27,11 @@ import pytest
 
 try:                    # tests/ imported as a package
     from . import vm
-    from .guest import PROFILE, RECORD, REPORT, drop_stale_root, processes, where
+    from .guest import PROFILE, PURGE, RECORD, REPORT, drop_stale_root, leftovers, processes, where
     from .test_early import EARLY_SERVICES, service_profile
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
-    from guest import PROFILE, RECORD, REPORT, drop_stale_root, processes, where
+    from guest import PROFILE, PURGE, RECORD, REPORT, drop_stale_root, leftovers, processes, where
     from test_early import EARLY_SERVICES, service_profile
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
@@ -75,17 +75,7 @@ echo "@@ dracut_exit=$?"
 cat /run/dracut.log
 """
 
-PURGE = """
-apt-get purge -y apparmor-fullsystem >/run/purge.log 2>&1
-echo "@@ purge_exit=$?"
-cat /run/purge.log
-"""
-
-LEFTOVERS = f"""
-echo "@@ files_left=$(find / -xdev \\( -name '*apparmor-fullsystem*' -o -name '{PROFILE}*' \\) 2>/dev/null | tr '\\n' ' ')"
-echo "@@ in_initramfs=$(lsinitrd /boot/initrd.img-$(uname -r) | grep -c -e apparmor-fullsystem -e {PROFILE})"
-echo "@@ loaded=$(grep -c '^{PROFILE}' /sys/kernel/security/apparmor/profiles)"
-"""
+LEFTOVERS = leftovers("lsinitrd")
 
 
 def test_dracut_confines_pid1_with_every_path(built_deb, tmp_path):

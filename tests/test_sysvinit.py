@@ -24,12 +24,12 @@ import pytest
 
 try:                    # tests/ imported as a package
     from . import vm
-    from .guest import (DENIALS, FAST_INITRAMFS, NO_PRINTK_RATELIMIT, PROFILE, RECORD, REPORT,
-                        drop_stale_root, processes, where)
+    from .guest import (DENIALS, FAST_INITRAMFS, NO_PRINTK_RATELIMIT, PROFILE, PURGE, RECORD, REPORT,
+                        drop_stale_root, leftovers, processes, where)
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
-    from guest import (DENIALS, FAST_INITRAMFS, NO_PRINTK_RATELIMIT, PROFILE, RECORD, REPORT,
-                       drop_stale_root, processes, where)
+    from guest import (DENIALS, FAST_INITRAMFS, NO_PRINTK_RATELIMIT, PROFILE, PURGE, RECORD, REPORT,
+                       drop_stale_root, leftovers, processes, where)
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -65,19 +65,10 @@ aa-fullsystem mode enforce
 echo "@@ mode_exit=$?"
 """
 
-PURGE = """
-apt-get purge -y apparmor-fullsystem >/run/purge.log 2>&1
-echo "@@ purge_exit=$?"
-cat /run/purge.log
-"""
-
 LEFTOVERS = rf"""
 echo "@@ pid1=$(cat /proc/1/attr/current)"
 echo "@@ record=$(test -e {RECORD} && echo present || echo absent)"
-echo "@@ files_left=$(find / -xdev \( -name '*apparmor-fullsystem*' -o -name '{PROFILE}*' \) 2>/dev/null | tr '\n' ' ')"
-echo "@@ in_initramfs=$(lsinitramfs /boot/initrd.img-$(uname -r) | grep -c -e apparmor-fullsystem -e {PROFILE})"
-echo "@@ loaded=$(grep -c '^{PROFILE}' /sys/kernel/security/apparmor/profiles)"
-echo "@@ own.loaded=$(grep -c '^{OWN} ' /sys/kernel/security/apparmor/profiles)"
+""" + leftovers("lsinitramfs") + rf"""echo "@@ own.loaded=$(grep -c '^{OWN} ' /sys/kernel/security/apparmor/profiles)"
 """
 
 
