@@ -53,8 +53,10 @@ def test_package_layout(built_deb: Path) -> None:
     assert set(filter(None, triggers)) == {"activate-noawait update-initramfs",
                                            "interest-noawait /usr/share/apparmor-fullsystem/policy.d",
                                            "interest-noawait /etc/apparmor-fullsystem/policy.d"}
+    # The sysvinit script is one too (dh_installdeb: every file under /etc).
     assert sorted(scripts["conffiles"].split()) == [b"/etc/apparmor.d/abi/apparmor-fullsystem",
-                                                    b"/etc/apparmor.d/fullsystem-init"]
+                                                    b"/etc/apparmor.d/fullsystem-init",
+                                                    b"/etc/init.d/apparmor-fullsystem"]
     # Either generator: Debian's dracut is interested in the same trigger.
     depends = DebFile(str(built_deb)).debcontrol()["Depends"]  # type: ignore[no-untyped-call]
     assert "initramfs-tools | dracut" in [d.strip() for d in depends.split(",")], depends
