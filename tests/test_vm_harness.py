@@ -90,3 +90,21 @@ def test_boot_error_says_when_the_kernel_died_before_init(tmp_path, monkeypatch,
         machine.boot(timeout=30)
     assert error.value.reason.startswith("the probe did not finish"), error.value.reason
     assert ("panicked before it ran the initramfs's /init" in error.value.reason) == blamed, error.value.reason
+
+
+def test_probe_report_is_found_after_a_status_line_without_newline(tmp_path):
+    """A status line systemd left unfinished does not hide the probe's report."""
+    # What the serial port holds when the probe starts while a start job
+    # is still shown: the status ends in a bare carriage return, and the
+    # probe's first line follows on the same line of the log.
+    log = ("[  OK  ] Reached target multi-user.target\r\n"
+           "[  ***] A start job is running for x.service (3s / 1min 30s)\r"
+           f"{vm.BEGIN}\r\n"
+           "vm-probe: uptime=12.5\r\nvm-probe: multi-user.target=active\r\n"
+           f"{vm.SCRIPT}\r\n@@ pid1=unconfined\r\nvm-probe: script-exit=0\r\n{vm.END}\r\n")
+    boot = vm._parse_boot(log.replace("\r", ""), tmp_path / "serial.log", 1.0, 2.0)
+    assert boot is not None
+    assert boot.values == {"pid1": "unconfined"}
+    assert boot.script_exit == 0 and boot.seconds_to_probe == 12.5
+    # And a log whose probe never printed its end is still "did not finish".
+    assert vm._parse_boot(log[:log.index(vm.END)], tmp_path / "serial.log", 1.0, 2.0) is None

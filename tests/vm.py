@@ -76,19 +76,20 @@ END = "=== vm-probe end ==="
 # The probe that runs in the guest.  It writes straight to the serial port
 # (not through the journal) and streams, so a script that hangs still shows
 # how far it got.  The serial port is also the kernel's and systemd's
-# console; to keep their messages out of the middle of the script's lines
-# the probe first waits for systemd to finish starting units, then turns
-# the kernel's console level down to errors (panics and oopses still show;
-# the rest, e.g. AppArmor denials, is in dmesg and the journal).
+# console.  The kernel writes to the port directly, not through the tty, so
+# its messages can land in the middle of a line of ours: the probe turns
+# the kernel's console level down to errors before it prints anything
+# (panics and oopses still show; the rest, e.g. AppArmor denials, is in
+# dmesg and the journal), then waits for systemd to finish starting units.
 PROBE_SCRIPT = r"""#!/bin/sh
 # Installed by the test harness (tests/vm.py).  Runs once per boot.
 exec </dev/null >/dev/ttyS0 2>&1
 uptime=$(cut -d' ' -f1 /proc/uptime)
+echo 4 >/proc/sys/kernel/printk
 echo "=== vm-probe begin ==="
 echo "vm-probe: uptime=$uptime"
 echo "vm-probe: multi-user.target=$(systemctl is-active multi-user.target)"
 echo "vm-probe: system-state=$(systemctl is-system-running --wait)"
-echo 4 >/proc/sys/kernel/printk
 # The host passes the script as NUL-padded text on a raw disk.
 if [ -b /dev/vdb ]; then tr -d '\000' </dev/vdb >/run/vm-probe.sh; fi
 echo "=== vm-probe script ==="
@@ -296,11 +297,19 @@ def _parse_boot(log: str, log_path: Path, wall: float, total: float
                 ) -> Boot | None:
     """The probe's report in a serial log, or None if it did not finish."""
     lines = log.splitlines()
+
+    def find(marker: str, start: int) -> int:
+        # A marker ends its line.  It may not start it: until boot-up has
+        # finished, systemd's console can leave a status line without its
+        # newline ("A start job is running...", ended by a bare \r, which
+        # the log has lost) just before the probe's first line.
+        return next(i for i in range(start, len(lines)) if lines[i].endswith(marker))
+
     try:
-        begin = lines.index(BEGIN)
-        script = lines.index(SCRIPT, begin)
-        end = lines.index(END, script)
-    except ValueError:
+        begin = find(BEGIN, 0)
+        script = find(SCRIPT, begin)
+        end = find(END, script)
+    except StopIteration:
         return None
     header = dict(
         line.split(": ", 1)[1].split("=", 1)
