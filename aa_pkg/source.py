@@ -16,7 +16,8 @@ from aa_pkg.errors import AaPkgError
 
 # The files of debian/ that are sources (the rest is made by the build).
 # setup.cfg's data_files lists the same files; tests/test_source.py checks it.
-DEBIAN_FILES = ("changelog", "control", "copyright", "rules", "source/format")
+DEBIAN_FILES = ("changelog", "control", "copyright", "rules", "source/format",
+                "tests/control", "tests/boot-confined")
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
