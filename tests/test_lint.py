@@ -21,18 +21,14 @@ def test_linter(linter: list[str]) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _shell_scripts() -> list[Path]:
-    """The repository's own shell scripts: tools/ and the autopkgtest."""
-    candidates = sorted((REPO / "tools").iterdir()) + sorted((REPO / "debian/tests").iterdir())
-    return [p for p in candidates if p.is_file() and p.read_text(errors="replace").startswith("#!/bin/sh")]
-
-
 def test_repository_shell_scripts_pass_shellcheck() -> None:
     """What a developer or Debian's CI runs from tools/ and debian/tests is checked like the product's scripts."""
     import vm
 
     vm.require_tools("shellcheck")
-    scripts = _shell_scripts()
+    from aa_pkg.check import shell_scripts
+
+    scripts = shell_scripts(REPO / "tools") + shell_scripts(REPO / "debian/tests")
     assert REPO / "debian/tests/boot-confined" in scripts and REPO / "tools/setup" in scripts
     result = subprocess.run(["shellcheck", "--shell=sh", *map(str, scripts)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
