@@ -27,11 +27,11 @@ import pytest
 
 try:                    # tests/ imported as a package
     from . import vm
-    from .guest import PROFILE, PURGE, RECORD, REPORT, drop_stale_root, leftovers, processes, where
+    from .guest import PROFILE, PURGE, RECORD, REPORT, drop_stale_root, leftovers, unconfined_since_init, where
     from .test_early import EARLY_SERVICES, service_profile
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
-    from guest import PROFILE, PURGE, RECORD, REPORT, drop_stale_root, leftovers, processes, where
+    from guest import PROFILE, PURGE, RECORD, REPORT, drop_stale_root, leftovers, unconfined_since_init, where
     from test_early import EARLY_SERVICES, service_profile
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
@@ -108,7 +108,7 @@ def test_dracut_confines_pid1_with_every_path(built_deb, tmp_path):
     assert b.values["pid1"] == f"{PROFILE} (complain)", where(b)
     assert b.values["record.outcome"] == "loaded", where(b)
     assert b.values["record.loaded_stage"] == "stub", where(b)
-    assert not [p for p in processes(b) if p[2] == "unconfined"], where(b)
+    assert not unconfined_since_init(b), where(b)
     assert "PID 1 is confined" in b.output, where(b)
     assert b.values["stage_exit"] == "0" and b.values["early_exit"] == "0", where(b)
 
@@ -119,7 +119,7 @@ def test_dracut_confines_pid1_with_every_path(built_deb, tmp_path):
     assert b.values["record.loaded_stage"] == "full", where(b)
     assert b.values["record.early"] == "cache", where(b)
     assert b.values["udevd.label"] == f"aafs-test-udevd//&{PROFILE} (complain)", where(b)
-    assert not [p for p in processes(b) if p[2] == "unconfined"], where(b)
+    assert not unconfined_since_init(b), where(b)
     # The broken profile: refused with its file and line, and the rebuild
     # ships the last policy that compiled instead.
     assert b.values["check_exit"] != "0", where(b)
@@ -132,7 +132,7 @@ def test_dracut_confines_pid1_with_every_path(built_deb, tmp_path):
     assert b.values["pid1"] == f"{PROFILE} (complain)", where(b)
     assert b.values["record.loaded_stage"] == "full", where(b)
     assert b.values["record.kept_last_good"] == "init-full", where(b)
-    assert not [p for p in processes(b) if p[2] == "unconfined"], where(b)
+    assert not unconfined_since_init(b), where(b)
 
     # Boots 4 and 5: the escape hatches.
     b = boot("", append="apparmor=0")

@@ -9,6 +9,8 @@ profile, `Pix -> &fullsystem-init`, also serves.)
   boot 1  the initramfs was built in a chroot, where no kernel features can
           be read: no precompiled policy, the init policy only, and both the
           record and `aa-fullsystem status` say so and what fixes it.
+          A process an initramfs script leaves running is unconfined, and
+          status names it as left over from the initramfs.
           Then `update-initramfs -u` on the running kernel.
   boot 2  the precompiled policy is loaded: udevd runs under its own
           profile from its first instruction.
@@ -39,14 +41,17 @@ try:                    # tests/ imported as a package
     from .guest import (
         ENTER_INITRAMFS,
         FAST_INITRAMFS,
+        FROM_INITRAMFS,
         INITRAMFS_DIR,
         LEAVE_INITRAMFS,
         PROFILE,
         RECORD,
         REPORT,
         drop_stale_root,
+        from_initramfs,
         new_machine,
         processes,
+        unconfined_since_init,
         where,
     )
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
@@ -54,14 +59,17 @@ except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     from guest import (
         ENTER_INITRAMFS,
         FAST_INITRAMFS,
+        FROM_INITRAMFS,
         INITRAMFS_DIR,
         LEAVE_INITRAMFS,
         PROFILE,
         RECORD,
         REPORT,
         drop_stale_root,
+        from_initramfs,
         new_machine,
         processes,
+        unconfined_since_init,
         where,
     )
 
@@ -99,6 +107,14 @@ profile {name} {attachment} flags=(complain, attach_disconnected, mediate_delete
 
 
 DISABLED = "aafs-test-disabled"
+
+LEFTOVER = "aafs-test-leftover"
+LEFTOVER_SCRIPT = """\
+#!/bin/sh
+# tests/test_early.py: leaves a process running past the initramfs.
+case $1 in prereqs) exit 0 ;; esac
+sleep 86400 </dev/null >/dev/null 2>&1 &
+"""
 
 SERVICES = f"""
 echo "@@ disabled_loaded=$(grep -c '^{DISABLED} ' /sys/kernel/security/apparmor/profiles)"
@@ -173,6 +189,12 @@ def test_precompiled_policy_loaded_before_init(suite, built_deb, tmp_path):
     # apparmor.service skips: the precompiled policy must skip it too.
     (machine.root / "etc/apparmor.d" / DISABLED).write_text(service_profile(DISABLED, f"/usr/local/bin/{DISABLED}"))
     (machine.root / "etc/apparmor.d/disable" / DISABLED).symlink_to(f"/etc/apparmor.d/{DISABLED}")
+    # A process the initramfs leaves running, as plymouthd does (and a udevd
+    # slow to exit): unconfined, and status must say where it comes from.
+    leftover = machine.root / "etc/initramfs-tools/scripts/init-premount" / LEFTOVER
+    leftover.parent.mkdir(parents=True, exist_ok=True)
+    leftover.write_text(LEFTOVER_SCRIPT)
+    leftover.chmod(0o755)
     machine.chroot_run(["aa-fullsystem", "stage", "full"])
     early = machine.chroot_run(["aa-fullsystem", "early", "all"])
     print(f"--- {suite}: aa-fullsystem early all, in a chroot\n{early.stdout}")
@@ -184,11 +206,17 @@ def test_precompiled_policy_loaded_before_init(suite, built_deb, tmp_path):
         print(f"--- {suite} boot {len(machine.boots)}\n{result.output}")
         assert result.reached_multi_user, where(result)
         assert result.values["pid1"] == f"{PROFILE} (complain)", where(result)
-        assert not [p for p in processes(result) if p[2] == "unconfined"], where(result)
+        assert not unconfined_since_init(result), where(result)
         return result
 
     # Boot 1: built in a chroot, so nothing precompiled: the init policy only.
     b = boot("update-initramfs -u\necho \"@@ update_exit=$?\"\n")
+    # The initramfs's sleep: unconfined, and status says whence (which
+    # unconfined_since_init, in boot(), checks for every such process).
+    [sleep] = [p for p in processes(b) if p.comm == "sleep" and from_initramfs(b, p)]
+    assert sleep.label == "unconfined", where(b)
+    assert f"  {sleep.pid} sleep{FROM_INITRAMFS}" in b.output.splitlines(), where(b)
+    assert f"Left over from the initramfs, unconfined until they exit: {sleep.pid} sleep" in b.output, where(b)
     assert b.values["record.early"] == "fallback", where(b)
     assert "carries no precompiled policy" in b.values["record.early_reason"], where(b)
     assert b.values["record.loaded_stage"] == "full", where(b)

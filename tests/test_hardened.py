@@ -42,12 +42,12 @@ import pytest
 
 try:                    # tests/ imported as a package
     from . import vm
-    from .guest import (DENIALS, FAST_INITRAMFS, NO_PRINTK_RATELIMIT, PROFILE, REPORT, drop_stale_root, processes,
-                        where)
+    from .guest import (DENIALS, FAST_INITRAMFS, NO_PRINTK_RATELIMIT, PROFILE, REPORT, drop_stale_root,
+                        unconfined_since_init, where)
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
-    from guest import (DENIALS, FAST_INITRAMFS, NO_PRINTK_RATELIMIT, PROFILE, REPORT, drop_stale_root, processes,
-                       where)
+    from guest import (DENIALS, FAST_INITRAMFS, NO_PRINTK_RATELIMIT, PROFILE, REPORT, drop_stale_root,
+                       unconfined_since_init, where)
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -310,7 +310,7 @@ def test_hardened_enforced_refuses_services_and_keeps_the_admin(hardened):
     # init policy, roles and all (the kernel's reinstall below precompiles).
     assert v["record.early"] == "fallback", where(b)
     assert v["script_shell"] == f"{ADMIN} (enforce)", where(b)
-    assert not [p for p in processes(b) if p[2] == "unconfined"], where(b)
+    assert not unconfined_since_init(b), where(b)
 
     # The standard boot of this system, hardened and enforced, denied nothing,
     # and the count missed nothing (printk's rate limit is off).

@@ -24,13 +24,13 @@ import pytest
 try:                    # tests/ imported as a package
     from . import vm
     from .guest import (FAST_INITRAMFS, DENIALS, FULL_PROFILE, NO_PRINTK_RATELIMIT, PROFILE, REPORT, drop_stale_root,
-                        new_machine, processes, where)
+                        new_machine, unconfined_since_init, where)
     from .test_site_policy import PROBE_FILE as SITE_FILE
     from .test_site_policy import PROBE_PROFILE as SITE_PROFILE
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
     from guest import (FAST_INITRAMFS, DENIALS, FULL_PROFILE, NO_PRINTK_RATELIMIT, PROFILE, REPORT, drop_stale_root,
-                       new_machine, processes, where)
+                       new_machine, unconfined_since_init, where)
     from test_site_policy import PROBE_FILE as SITE_FILE
     from test_site_policy import PROBE_PROFILE as SITE_PROFILE
 
@@ -68,7 +68,7 @@ def boot(machine: vm.Machine, script: str) -> vm.Boot:
 
 
 def confined_everywhere(result: vm.Boot) -> None:
-    unconfined = [p for p in processes(result) if p[2] == "unconfined"]
+    unconfined = unconfined_since_init(result)
     assert not unconfined, f"unconfined userspace processes: {unconfined}\n{where(result)}"
 
 

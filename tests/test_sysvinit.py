@@ -25,11 +25,11 @@ import pytest
 try:                    # tests/ imported as a package
     from . import vm
     from .guest import (DENIALS, FAST_INITRAMFS, NO_PRINTK_RATELIMIT, PROFILE, PURGE, RECORD, REPORT,
-                        drop_stale_root, leftovers, processes, where)
+                        drop_stale_root, leftovers, unconfined_since_init, where)
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
     from guest import (DENIALS, FAST_INITRAMFS, NO_PRINTK_RATELIMIT, PROFILE, PURGE, RECORD, REPORT,
-                       drop_stale_root, leftovers, processes, where)
+                       drop_stale_root, leftovers, unconfined_since_init, where)
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -96,7 +96,7 @@ def test_sysvinit_pid1_confined_and_the_other_profiles_load(built_deb, tmp_path)
         print(f"--- {SUITE} with sysvinit, boot {len(machine.boots)}\n{result.output}")
         assert result.reached_multi_user, where(result)
         assert result.values["pid1_exe"] == "/usr/sbin/init", where(result)
-        assert not [p for p in processes(result) if p[2] == "unconfined"], where(result)
+        assert not unconfined_since_init(result), where(result)
         return result
 
     # Boot 1: the stub from the initramfs; our init script had apparmor's
