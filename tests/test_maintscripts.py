@@ -156,6 +156,8 @@ def test_status_json_is_json(installed, args):
             status["configured_level"]) == ("stub", "complain", "init", "standard"), status
     assert status["boot"]["outcome"] == "", status       # a chroot has no boot record
     assert isinstance(status["unconfined_processes"], int), status
+    # No record, no boot to compare start times with: none is marked.
+    assert status["unconfined_from_initramfs"] == 0, status
 
 
 def test_profile_that_does_not_compile_is_refused(installed):
