@@ -206,13 +206,13 @@ def new_machine(suite: str, workdir: Path, deb: Path) -> vm.Machine:
     return machine
 
 
-def initramfs_file(machine: vm.Machine, name: str) -> bytes:
-    """Our file INITRAMFS_DIR/NAME as the newest initrd holds it."""
+def initramfs_file(machine: vm.Machine, name: str, under: str = INITRAMFS_DIR) -> bytes:
+    """The file UNDER/NAME (ours by default) as the newest initrd holds it."""
     initrd = machine.kernel_paths()[1]
     copy = "/tmp/aafs-initramfs-file"
     script = ('set -e; d=$(mktemp -d); unmkinitramfs "$1" "$d"; '
               'f=$(find "$d" -path "*/$2" | head -n 1); test -n "$f"; cp "$f" "$3"; rm -rf "$d"')
-    machine.chroot_run(["sh", "-c", script, "sh", initrd, f"{INITRAMFS_DIR}/{name}", copy])
+    machine.chroot_run(["sh", "-c", script, "sh", initrd, f"{under}/{name}", copy])
     return machine.read_file(copy)
 
 

@@ -100,6 +100,7 @@ class StubMachine:
     initrd_base: int
     initrd_pkg: int
     initramfs_listing: str
+    init_bottom_order: str              # the initramfs's scripts/init-bottom/ORDER
     first: vm.Boot | None = None
     first_error: str = ""
     extra: dict[str, vm.Boot] = field(default_factory=dict)
@@ -116,6 +117,7 @@ def stub(request, built_deb, tmp_path_factory) -> StubMachine:
     machine.install_debs([built_deb])
     initrd_pkg = machine.initrd_size()
     listing = lsinitramfs(machine)
+    bottom_order = initramfs_file(machine, "ORDER", under="scripts/init-bottom").decode()
 
     # Services whose program has its own profile (one with no_new_privs),
     # and one whose has none.
@@ -140,7 +142,7 @@ echo "@@ {unit}.pid=$pid"
 echo "@@ {unit}.exe=$(readlink /proc/$pid/exe)"
 echo "@@ {unit}.label=$(cat /proc/$pid/attr/current 2>&1)"
 """ for unit in (PROBE_SVC, PROBE_NNP, PROBE_PLAIN))
-    result = StubMachine(machine, initrd_base, initrd_pkg, listing)
+    result = StubMachine(machine, initrd_base, initrd_pkg, listing, bottom_order)
     try:
         # The no_new_privs probe's exec at boot may come before
         # apparmor.service loads its profile (no transition is tried, it
@@ -172,6 +174,10 @@ def test_stub_boot_confines_init_and_everything_it_starts(stub, tmp_path):
             f"{name} missing from the initramfs:\n{stub.initramfs_listing}"
     assert f"{INITRAMFS_DIR}/init-full" not in stub.initramfs_listing   # stage stub
     assert stub.initrd_pkg > stub.initrd_base
+    # Ours runs after udev's, which tells the initramfs's udevd to exit:
+    # the record's finish time then marks what the initramfs left running.
+    scripts = re.findall(r"^/scripts/init-bottom/(\S+) ", stub.init_bottom_order, re.MULTILINE)
+    assert scripts.index("apparmor-fullsystem") > scripts.index("udev"), stub.init_bottom_order
 
     boot = first_boot(stub)
     # The same boot without the package: a plain machine from the same base.
