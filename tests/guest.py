@@ -157,7 +157,10 @@ FROM_INITRAMFS = " (from the initramfs)"
 
 def from_initramfs(boot: vm.Boot, process: Process) -> bool:
     """Whether PROCESS started before the boot script finished (the record's
-    finished_at_cs), that is in the initramfs, before init was executed."""
+    finished_at_cs) and loaded policy, that is in the initramfs, before init
+    was executed; not PID 1, which executes init after the script."""
+    if process.pid == "1" or boot.values.get("record.loaded_stage") not in ("stub", "full"):
+        return False
     hz = int(boot.values["clk_tck"])
     return 0 <= process.start_ticks * 100 // hz < int(boot.values["record.finished_at_cs"])
 

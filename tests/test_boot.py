@@ -269,6 +269,11 @@ def test_aa_fullsystem_off_boots_unconfined(stub):
     assert boot.values.get("record.loaded_stage") == "none", where(boot)
     assert boot.values["status_exit"] == "0", where(boot)
     assert "PID 1 is NOT confined" in boot.output, where(boot)
+    # With no policy loaded, everything is unconfined: none of it is "left
+    # over from the initramfs", PID 1 least of all.
+    unconfined = [p for p in processes(boot) if p.label == "unconfined"]
+    assert len(unconfined) > 5 and "  1 systemd" in boot.output.splitlines(), where(boot)
+    assert "(from the initramfs)" not in boot.output, where(boot)
 
 
 # ---------------------------------------------------------------------------
