@@ -415,12 +415,16 @@ def test_concurrent_changes_and_hook_runs_lose_nothing(built_deb, tmp_path):
 
 
 def test_status_names_a_stale_initramfs(installed):
-    """A site profile added or removed since the initramfs was built: status says which one is stale and what to run."""
+    """A site profile added, changed or removed since the initramfs was built: status says which one is stale and what to run."""
     version = installed.kernel_paths()[1].removeprefix("/boot/initrd.img-")
 
     def stale() -> str:
         result = installed.chroot_run(["aa-fullsystem", "--json", "status"], check=False)
         return json.loads(result.stdout)["stale_initramfs"]
+
+    def digest() -> str:
+        script = f". /usr/share/{PACKAGE}/functions && aafs_load_state && aafs_policy_digest"
+        return installed.chroot_run(["sh", "-c", script]).stdout.strip()
 
     assert stale() == ""
     profile = installed.root / "etc/apparmor-fullsystem/policy.d/aafs-stale-probe"
@@ -432,6 +436,22 @@ def test_status_names_a_stale_initramfs(installed):
         assert f"The initramfs of {version} is stale" in text, text
         installed.chroot_run(["update-initramfs", "-u"])
         assert stale() == ""
+        # Its rules changed, same name and size: the digest reads contents.
+        profile.write_text(profile.read_text().replace("/usr/bin/true", "/usr/bin/echo"))
+        assert stale() == version
+        installed.chroot_run(["update-initramfs", "-u"])
+        assert stale() == ""
+        # A link's target is part of the digest too (aa-disable(8) makes
+        # links); one in local/, which no profile includes, changes nothing else.
+        link = installed.root / "etc/apparmor.d/local/aafs-stale-link"
+        link.symlink_to("/dev/null")
+        try:
+            before = digest()
+            link.unlink()
+            link.symlink_to("/dev/zero")
+            assert digest() != before
+        finally:
+            link.unlink()
     finally:
         profile.unlink()
     # Removed from policy.d: the initramfs still loads it until rebuilt.
