@@ -23,20 +23,6 @@ RECORD = "/run/apparmor-fullsystem/boot"
 INITRAMFS_DIR = "usr/lib/apparmor-fullsystem"    # our files inside the initramfs
 LAST_GOOD = "/var/lib/apparmor-fullsystem/last-good"
 
-# For guests that rebuild their initramfs themselves (the admin's commands,
-# package triggers): under TCG, initramfs-tools' default MODULES=most takes
-# many minutes per rebuild, copying every driver. MODULES=dep, worked out
-# from the running guest's own devices (initramfs-tools(7)), takes the same
-# path through our hook with a fraction of the modules, and zstd's level 1
-# (mkinitramfs's default is 9, single-threaded) spares the emulated CPU the
-# compression nothing here measures. Only ever set inside
-# a booted guest: in a chroot, "dep" would look at the host's devices.
-FAST_INITRAMFS = r"""
-mkdir -p /etc/initramfs-tools/conf.d
-echo MODULES=dep >/etc/initramfs-tools/conf.d/aafs-test-modules-dep
-echo COMPRESSLEVEL=1 >>/etc/initramfs-tools/conf.d/aafs-test-modules-dep
-"""
-
 # This boot's initramfs, unpacked, ready for its boot script to run in it
 # as /init runs it ("chroot $initramfs /scripts/init-bottom/..."): its
 # shell, its parser, its files, with the kernel's /proc, /sys and /dev and

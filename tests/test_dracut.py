@@ -41,8 +41,8 @@ DRACUT_CONF = "/etc/dracut.conf.d/90-aafs-test.conf"
 
 # In the chroot, hostonly would look at the host's devices, so the first
 # image is generic; in the booted guest, hostonly (its own devices) and
-# zstd's level 1 keep each rebuild under TCG short, as FAST_INITRAMFS does
-# for initramfs-tools (tests/guest.py).
+# zstd's level 1 keep each rebuild under TCG short, as the base image's
+# for initramfs-tools (tests/vm.py).
 CHROOT_DRACUT = 'hostonly="no"\ncompress="zstd -1 -q -T0"\n'
 FAST_DRACUT = f"""
 printf 'hostonly="yes"\\ncompress="zstd -1 -q -T0"\\n' >{DRACUT_CONF}

@@ -40,7 +40,6 @@ try:                    # tests/ imported as a package
     from . import vm
     from .guest import (
         ENTER_INITRAMFS,
-        FAST_INITRAMFS,
         FROM_INITRAMFS,
         INITRAMFS_DIR,
         LEAVE_INITRAMFS,
@@ -58,7 +57,6 @@ except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
     from guest import (
         ENTER_INITRAMFS,
-        FAST_INITRAMFS,
         FROM_INITRAMFS,
         INITRAMFS_DIR,
         LEAVE_INITRAMFS,
@@ -201,7 +199,7 @@ def test_precompiled_policy_loaded_before_init(suite, built_deb, tmp_path):
     assert "carries no precompiled policy" in early.stdout, early.stdout
 
     def boot(script: str) -> vm.Boot:
-        result = machine.boot(script=FAST_INITRAMFS + REPORT + SERVICES + script, timeout=900)
+        result = machine.boot(script=REPORT + SERVICES + script, timeout=900)
         drop_stale_root(machine)
         print(f"--- {suite} boot {len(machine.boots)}\n{result.output}")
         assert result.reached_multi_user, where(result)

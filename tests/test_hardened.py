@@ -42,11 +42,11 @@ import pytest
 
 try:                    # tests/ imported as a package
     from . import vm
-    from .guest import (DENIALS, FAST_INITRAMFS, NO_PRINTK_RATELIMIT, PROFILE, REPORT, drop_stale_root,
+    from .guest import (DENIALS, NO_PRINTK_RATELIMIT, PROFILE, REPORT, drop_stale_root,
                         unconfined_since_init, where)
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
-    from guest import (DENIALS, FAST_INITRAMFS, NO_PRINTK_RATELIMIT, PROFILE, REPORT, drop_stale_root,
+    from guest import (DENIALS, NO_PRINTK_RATELIMIT, PROFILE, REPORT, drop_stale_root,
                        unconfined_since_init, where)
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
@@ -302,7 +302,7 @@ cat /run/level.log
 def test_hardened_enforced_refuses_services_and_keeps_the_admin(hardened):
     machine = hardened
     b = boot(machine, DENIED_AT_START + REPORT + LABELS + run_ops("service", PROTECTED) + run_ops("admin", PROTECTED)
-             + DENIALS + STATUS + FAST_INITRAMFS + REINSTALL_KERNEL)
+             + DENIALS + STATUS + REINSTALL_KERNEL)
     v = b.values
     assert v["pid1"] == f"{PROFILE} (enforce)", where(b)
     assert v["record.level"] == "hardened" and v["record.loaded_stage"] == "full", where(b)

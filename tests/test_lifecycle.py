@@ -23,13 +23,13 @@ import pytest
 
 try:                    # tests/ imported as a package
     from . import vm
-    from .guest import (FAST_INITRAMFS, DENIALS, FULL_PROFILE, NO_PRINTK_RATELIMIT, PROFILE, REPORT, drop_stale_root,
+    from .guest import (DENIALS, FULL_PROFILE, NO_PRINTK_RATELIMIT, PROFILE, REPORT, drop_stale_root,
                         new_machine, unconfined_since_init, where)
     from .test_site_policy import PROBE_FILE as SITE_FILE
     from .test_site_policy import PROBE_PROFILE as SITE_PROFILE
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
-    from guest import (FAST_INITRAMFS, DENIALS, FULL_PROFILE, NO_PRINTK_RATELIMIT, PROFILE, REPORT, drop_stale_root,
+    from guest import (DENIALS, FULL_PROFILE, NO_PRINTK_RATELIMIT, PROFILE, REPORT, drop_stale_root,
                        new_machine, unconfined_since_init, where)
     from test_site_policy import PROBE_FILE as SITE_FILE
     from test_site_policy import PROBE_PROFILE as SITE_PROFILE
@@ -60,7 +60,7 @@ cat /root/{name}.log
 
 
 def boot(machine: vm.Machine, script: str) -> vm.Boot:
-    result = machine.boot(script=FAST_INITRAMFS + REPORT + FACTS + script, timeout=STEP_TIMEOUT)
+    result = machine.boot(script=REPORT + FACTS + script, timeout=STEP_TIMEOUT)
     drop_stale_root(machine)
     print(f"--- {machine.suite} boot {len(machine.boots)}\n{result.output}")
     assert result.reached_multi_user, where(result)

@@ -24,11 +24,11 @@ import pytest
 
 try:                    # tests/ imported as a package
     from . import vm
-    from .guest import (DENIALS, FAST_INITRAMFS, NO_PRINTK_RATELIMIT, PROFILE, PURGE, RECORD, REPORT,
+    from .guest import (DENIALS, NO_PRINTK_RATELIMIT, PROFILE, PURGE, RECORD, REPORT,
                         drop_stale_root, leftovers, unconfined_since_init, where)
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
-    from guest import (DENIALS, FAST_INITRAMFS, NO_PRINTK_RATELIMIT, PROFILE, PURGE, RECORD, REPORT,
+    from guest import (DENIALS, NO_PRINTK_RATELIMIT, PROFILE, PURGE, RECORD, REPORT,
                        drop_stale_root, leftovers, unconfined_since_init, where)
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
@@ -102,7 +102,7 @@ def test_sysvinit_pid1_confined_and_the_other_profiles_load(built_deb, tmp_path)
     # Boot 1: the stub from the initramfs; our init script had apparmor's
     # load the rest: a program with its own profile enters it, and the full
     # profile (whose file also defines the roles) replaced the stub.
-    b = boot(FAST_INITRAMFS + TO_FULL_ENFORCE)
+    b = boot(TO_FULL_ENFORCE)
     assert b.values["pid1"] == f"{PROFILE} (complain)", where(b)
     assert b.values["record.loaded_stage"] == "stub", where(b)
     assert b.values["own.loaded"] == "1", where(b)
