@@ -35,19 +35,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The VM tests first, longest module first (xdist keeps this order
     with --no-loadscope-reorder, setup.cfg).
 
-    So that the two lifecycle guests, the longest, boot side by side at the
-    start and the short tests fill the gaps at the end, instead of one guest
-    running alone while the other worker idles.
+    So that the longest guests (dracut's, then the lifecycle's) start
+    first and the short tests fill the gaps at the end, instead of one
+    guest running alone while the other worker idles.
     """
     items.sort(key=lambda item: VM_MODULES_LONGEST_FIRST.index(item.module.__name__)
                if item.module.__name__ in VM_MODULES_LONGEST_FIRST else len(VM_MODULES_LONGEST_FIRST))
 
 
-# Minutes per suite, one vCPU, from a full run: lifecycle 18-20, early
-# 13, hardened about 12, boot 10-12 (a shared stub machine and three
-# more); dracut (trixie only) and sysvinit (bookworm only) one guest
-# each; the harness 1.
-VM_MODULES_LONGEST_FIRST = ["test_lifecycle", "test_early", "test_hardened", "test_dracut", "test_boot",
+# Minutes per guest, one vCPU, from a full run (.ci/run, 2 cores): dracut
+# 12-13 (trixie only, one test), lifecycle 10-11, hardened 8-9, early
+# 7, boot 9 in all (a shared stub machine and three more per suite),
+# sysvinit 4 (bookworm only), the harness 2.
+VM_MODULES_LONGEST_FIRST = ["test_dracut", "test_lifecycle", "test_hardened", "test_early", "test_boot",
                             "test_sysvinit", "test_publish", "test_vm_harness"]
 
 
