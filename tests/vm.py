@@ -593,12 +593,31 @@ class Machine:
 
     def _make_image(self) -> None:
         """Turn the directory into the image that is the truth from now on."""
+        self._drop_apt_lists()
         tmp = self.image.with_suffix(".tmp")
         subprocess.run(
             ["mke2fs", "-q", "-t", "ext4", "-L", "root", "-d", str(self.root),
              "-F", str(tmp), DISK_SIZE],
             check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         os.replace(tmp, self.image)
+
+    def _drop_apt_lists(self) -> None:
+        """Leave out apt's package lists and caches, as mmdebstrap leaves
+        them out of the base (its cleanup/apt/lists and cleanup/apt/cache).
+
+        A chroot's apt-get update brought them; the guest has no network
+        to fetch from, and with some 60,000 packages listed, every apt-get
+        in the guest spent 5 s under TCG loading them (`apt-get install
+        -s` of a local .deb: 5.6 s with the lists, 0.9 s without). A test
+        that needs a repository in the guest lists its own, as
+        test_hardened does for unattended-upgrades.
+        """
+        lists = self.root / "var/lib/apt/lists"
+        caches = [*(self.root / "var/cache/apt").glob("*.bin"),
+                  *(self.root / "var/cache/apt/archives").glob("*.deb")]
+        listed = [path for path in lists.iterdir() if path.is_file() and path.name != "lock"] if lists.is_dir() else []
+        for path in listed + caches:
+            path.unlink()
 
     # -- helpers for the image ----------------------------------------------
 
