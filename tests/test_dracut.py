@@ -45,7 +45,7 @@ DRACUT_CONF = "/etc/dracut.conf.d/90-aafs-test.conf"
 # these, dracut.conf(5)) at zstd's level 1, as the base image's
 # MODULES=list does for initramfs-tools (tests/vm.py): a generic image
 # with every storage driver took 100 s to boot under TCG.
-ONLY_ROOT_DRIVERS = 'drivers+=" virtio_pci virtio_blk ext4 "\ncompress="zstd -1 -q -T0"\n'
+ONLY_ROOT_DRIVERS = f'drivers+=" {" ".join(vm.ROOT_MODULES)} "\ncompress="zstd -1 -q -T0"\n'
 CHROOT_DRACUT = 'hostonly="no"\n' + ONLY_ROOT_DRIVERS
 FAST_DRACUT = f"""
 cat >{DRACUT_CONF} <<'EOF'

@@ -66,6 +66,11 @@ PACKAGES = (
 
 HOSTNAME = "aa-vm"
 
+# The kernel modules that mount a guest's root (virtio disk, ext4): all
+# its initramfs holds, with initramfs-tools here and with dracut
+# (test_dracut).
+ROOT_MODULES = ("virtio_pci", "virtio_blk", "ext4")
+
 # Markers the probe prints on the serial console.  They are matched as whole
 # lines, so systemd's own console messages (e.g. "Starting vm-probe.service")
 # can never be mistaken for them.
@@ -171,7 +176,7 @@ ln -sf /dev/null "$root/etc/systemd/system/getty-static.service"
 # host's. Every hook, ours included, runs as with any other setting.
 mkdir -p "$root/etc/initramfs-tools/conf.d"
 printf 'MODULES=list\nCOMPRESSLEVEL=1\n' > "$root/etc/initramfs-tools/conf.d/aafs-test-vm"
-printf 'virtio_pci\nvirtio_blk\next4\n' >> "$root/etc/initramfs-tools/modules"
+printf '%s\\n' {' '.join(ROOT_MODULES)} >> "$root/etc/initramfs-tools/modules"
 chroot "$root" update-initramfs -u -k all
 """
 
