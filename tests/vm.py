@@ -330,10 +330,14 @@ def _parse_boot(log: str, log_path: Path, wall: float, total: float
         end = find(END, script)
     except StopIteration:
         return None
+    # Nor need a header line start with its "vm-probe: ": the probe prints
+    # the first ones before it waits for start-up to finish, and systemd
+    # can still be drawing its status then, so a line can begin with the
+    # terminal's erase-line sequence (ESC [ K) left from that drawing.
     header = dict(
-        line.split(": ", 1)[1].split("=", 1)
+        m.groups()
         for line in lines[begin + 1:script] + lines[end - 1:end]
-        if line.startswith("vm-probe: ") and "=" in line)
+        if (m := re.search(r"vm-probe: ([\w.-]+)=(.*)$", line)))
     body = lines[script + 1:end - 1]       # drop the script-exit line
     values = {}
     for line in body:
