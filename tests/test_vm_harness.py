@@ -28,6 +28,7 @@ def test_plain_boot_and_persistence(machine, record_property):
         "echo @@ pid1=$(cat /proc/1/attr/current)\n"
         "echo @@ kernel=$(uname -r)\n"
         "echo @@ aa_enabled=$(cat /sys/module/apparmor/parameters/enabled)\n"
+        "echo @@ randomize_va_space=$(cat /proc/sys/kernel/randomize_va_space)\n"
         "echo hello from boot 1 > /root/marker\n"))
     record_property("initrd_bytes", size)
     record_property("seconds_to_probe", first.seconds_to_probe)
@@ -42,16 +43,24 @@ def test_plain_boot_and_persistence(machine, record_property):
     assert first.values["aa_enabled"] == "Y"
     assert first.values["pid1"] == "unconfined"
     assert first.values["kernel"] in machine.kernel_paths()[0]
+    # Test guests run without address space randomisation (what makes
+    # TCG several times faster, vm.NO_ADDRESS_RANDOMIZATION)...
+    assert first.values["randomize_va_space"] == "0", first.log_path
 
     # From now on the image is the truth: the host reads the guest's write...
     assert machine.read_file("/root/marker") == b"hello from boot 1\n"
     with pytest.raises(RuntimeError, match="has booted"):
         machine.chroot_run(["true"])
 
-    # ...and so does the next boot of the same machine.
-    second = machine.boot(script="echo @@ marker=$(cat /root/marker)\n")
+    # ...and so does the next boot of the same machine, this one with the
+    # kernel's default randomisation, as tools/bench-boot boots.
+    machine.randomize_addresses = True
+    second = machine.boot(script=(
+        "echo @@ marker=$(cat /root/marker)\n"
+        "echo @@ randomize_va_space=$(cat /proc/sys/kernel/randomize_va_space)\n"))
     assert second.reached_multi_user, second.log_path
     assert second.values["marker"] == "hello from boot 1"
+    assert second.values["randomize_va_space"] == "2", second.log_path
 
 
 FAKE_QEMU = """#!/bin/sh
