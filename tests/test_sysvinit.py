@@ -54,6 +54,13 @@ echo "@@ pid1_exe=$(readlink /proc/1/exe)"
 echo "@@ own.loaded=$(grep -c '^{OWN} ' /sys/kernel/security/apparmor/profiles)"
 echo "@@ roles.loaded=$(grep -c '^{PROFILE}-service ' /sys/kernel/security/apparmor/profiles)"
 {OWN_BIN} 60 & pid=$!
+# The label is the program's only once the child has executed it (until
+# then it is the forked shell, with the shell's label): wait for the exec,
+# at most 10 s.
+tries=100
+while [ "$(readlink /proc/$pid/exe)" != {OWN_BIN} ] && [ $tries -gt 0 ]; do
+    sleep 0.1; tries=$((tries - 1))
+done
 echo "@@ own.label=$(cat /proc/$pid/attr/current)"
 kill $pid
 """
