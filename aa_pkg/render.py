@@ -166,6 +166,11 @@ class Paths:
         return PurePosixPath("/usr/lib") / self.package
 
     @property
+    def attach_probe(self) -> PurePosixPath:
+        # Shipped where the initramfs holds it: copied there unchanged.
+        return self.initramfs_dir / "attach-probe"
+
+    @property
     def boot_record(self) -> PurePosixPath:
         # initramfs-tools moves /run into the real root before exec'ing init,
         # so this survives into the running system (initramfs-tools(7)).
@@ -200,6 +205,18 @@ class Roles:
             self.admin: "The administrator: sessions started by getty, sshd and systemd's rescue shells.",
             self.pkg: "Package management run by the system: apt-daily and unattended-upgrades.",
         }
+
+
+# What init's profile attaches to: init (PID 1), systemd's or sysvinit's,
+# by the path the kernel resolves (AppArmor attaches by it; /lib and /sbin
+# are links into /usr since Debian 12's merged /usr, so a resolved path
+# never starts with them). Two alternatives, neither the tail of the other:
+# apparmor 4.1.8's parser (Debian 14) compiles an attachment whose
+# alternatives match one path at different lengths, such as the
+# /{,usr/}{lib/systemd/systemd,sbin/init} this package used to ship, into
+# one that attaches to nothing, and PID 1 stayed unconfined (file rules of
+# that shape compile correctly). The boot script checks that init attaches.
+INIT_ATTACHMENT = "/usr/{lib/systemd/systemd,sbin/init}"
 
 
 # Who runs in a role with power in the hardened level (level-hardened-init):
@@ -258,6 +275,7 @@ def shipped_files(paths: Paths) -> list[Shipped]:
     return [
         Shipped("hook.sh.j2", paths.hook, 0o755),
         Shipped("init-bottom.sh.j2", paths.boot_script, 0o755),
+        Shipped("attach-probe.sh.j2", paths.attach_probe, 0o755),
         Shipped("initramfs-build.sh.j2", paths.initramfs_builder, 0o644),
         Shipped("dracut-module-setup.sh.j2", paths.dracut_module / "module-setup.sh", 0o755),
         Shipped("dracut-pre-pivot.sh.j2", paths.dracut_module / paths.dracut_hook_name, 0o755),
@@ -306,6 +324,7 @@ def context(config: Config) -> dict[str, Any]:
         "mode": str(config.mode),
         "paths": paths,
         "kernel_parameter": KERNEL_PARAMETER,
+        "init_attachment": INIT_ATTACHMENT,
         "not_policy_files": NOT_POLICY_FILES,
         "roles": Roles(config.profile_name),
         "role_purpose": Roles(config.profile_name).purpose(),
