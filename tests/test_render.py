@@ -87,9 +87,10 @@ def shell_files(tree: Path, debian: Path) -> list[Path]:
 def test_shell_scripts_pass_sh_n_checkbashisms_shellcheck(rendered: tuple[Path, Path]) -> None:
     vm.require_tools("checkbashisms", "shellcheck", "dash")
     scripts = shell_files(*rendered)
-    # hook, boot script, functions, shared builder, dracut's pre-pivot
-    # hook, aa-fullsystem, postinst, postrm, the sysvinit script
-    assert len(scripts) == 9
+    # hook, boot script, the boot script's attach probe, functions, shared
+    # builder, dracut's pre-pivot hook, aa-fullsystem, postinst, postrm,
+    # the sysvinit script
+    assert len(scripts) == 10
     for script in scripts:
         run(["sh", "-n", script])
         run(["dash", "-n", script])
