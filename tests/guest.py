@@ -168,6 +168,22 @@ def unconfined_since_init(boot: vm.Boot) -> list[Process]:
     return [p for p in unconfined if not from_initramfs(boot, p)]
 
 
+def own_profile(name: str) -> str:
+    """A complain-mode profile of its own for /usr/local/bin/NAME (a copy of sleep)."""
+    return f"""abi <abi/3.0>,
+include <tunables/global>
+profile {name} /usr/local/bin/{name} flags=(complain) {{
+  /** rmix,
+}}
+"""
+
+
+def unit(program: str, nnp: bool = False) -> str:
+    """A service running PROGRAM infinity, wanted by multi-user.target."""
+    return (f"[Unit]\nDescription=aafs test service\n\n[Service]\n{'NoNewPrivileges=yes' + chr(10) if nnp else ''}"
+            f"ExecStart={program} infinity\n\n[Install]\nWantedBy=multi-user.target\n")
+
+
 def where(boot: vm.Boot) -> str:
     """Context for an assertion message: the serial log and the script output."""
     return f"serial log: {boot.log_path}\n--- boot script output ---\n{boot.output}"

@@ -42,11 +42,11 @@ import pytest
 
 try:                    # tests/ imported as a package
     from . import vm
-    from .guest import (DENIALS, NO_PRINTK_RATELIMIT, PROFILE, REPORT, drop_stale_root,
+    from .guest import (DENIALS, NO_PRINTK_RATELIMIT, PROFILE, REPORT, drop_stale_root, own_profile, unit,
                         unconfined_since_init, where)
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
-    from guest import (DENIALS, NO_PRINTK_RATELIMIT, PROFILE, REPORT, drop_stale_root,
+    from guest import (DENIALS, NO_PRINTK_RATELIMIT, PROFILE, REPORT, drop_stale_root, own_profile, unit,
                        unconfined_since_init, where)
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
@@ -111,20 +111,6 @@ StandardError=inherit
 OWN = "aafs-probe-svc"
 NNP = "aafs-probe-nnp"
 PLAIN = "aafs-probe-plain"
-
-
-def own_profile(name: str) -> str:
-    return f"""abi <abi/3.0>,
-include <tunables/global>
-profile {name} /usr/local/bin/{name} flags=(complain) {{
-  /** rmix,
-}}
-"""
-
-
-def unit(program: str, nnp: bool = False) -> str:
-    return (f"[Unit]\nDescription=aafs test service\n\n[Service]\n{'NoNewPrivileges=yes' + chr(10) if nnp else ''}"
-            f"ExecStart={program} infinity\n\n[Install]\nWantedBy=multi-user.target\n")
 
 
 SSH = "ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o LogLevel=ERROR root@localhost"
