@@ -256,6 +256,16 @@ echo "@@ status_exit=$?"
 echo "@@ status_json=$(aa-fullsystem --json status)"
 """
 
+# journald stopped and its files gone: `journalctl -k -b` finds nothing and
+# succeeds all the same, while the kernel's ring buffer keeps the records.
+WITHOUT_JOURNAL = """
+systemctl stop systemd-journald.socket systemd-journald-dev-log.socket systemd-journald-audit.socket \
+    systemd-journald.service 2>/dev/null
+rm -rf /run/log/journal/* /var/log/journal/*
+echo "@@ journal_k_lines=$(journalctl -k -b --no-pager -o cat 2>/dev/null | grep -c 'apparmor=')"
+echo "@@ status_json_no_journal=$(aa-fullsystem --json status)"
+"""
+
 REINSTALL_KERNEL = f"""
 echo "@@ initrd_before=$({INITRD_SHA})"
 {SSH} dpkg -i {KERNEL_DEB} >/run/kernel.log 2>&1
@@ -288,7 +298,7 @@ cat /run/level.log
 def test_hardened_enforced_refuses_services_and_keeps_the_admin(hardened):
     machine = hardened
     b = boot(machine, DENIED_AT_START + REPORT + LABELS + run_ops("service", PROTECTED) + run_ops("admin", PROTECTED)
-             + DENIALS + STATUS + REINSTALL_KERNEL)
+             + DENIALS + STATUS + WITHOUT_JOURNAL + REINSTALL_KERNEL)
     v = b.values
     assert v["pid1"] == f"{PROFILE} (enforce)", where(b)
     assert v["record.level"] == "hardened" and v["record.loaded_stage"] == "full", where(b)
@@ -330,6 +340,15 @@ def test_hardened_enforced_refuses_services_and_keeps_the_admin(hardened):
     assert (SERVICE, "modprobe", "sys_module") in targets, report
     assert f"Px -> {PROFILE}-system," in report["next_step"], report
     assert f"Refused this boot: {v['denied_dmesg']} " in b.output, where(b)
+    assert report["kernel_log_source"] == "journal", report
+
+    # Without the journal's copy, status reads the kernel's ring buffer and
+    # says so: never fewer refusals than the kernel logged.
+    assert v["journal_k_lines"] == "0", where(b)
+    no_journal = json.loads(v["status_json_no_journal"])
+    assert no_journal["kernel_log_source"] == "dmesg", no_journal
+    assert no_journal["denied_count"] >= report["denied_count"], no_journal
+    assert "Kernel log: the journal holds 0 of this boot's AppArmor records" in no_journal["verdict"], no_journal
 
     # The administrator reinstalls the kernel over ssh: its postinst rebuilds
     # the initramfs (in the admin's role, so the hook may write /boot).
