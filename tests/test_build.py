@@ -78,10 +78,16 @@ def write_empty(tmp_path: Path) -> Path:
 
 
 def lintian(*args: str) -> str:
+    """lintian's tags; fails the test if lintian itself did not run to its end."""
     vm.require_tools("lintian")
-    result = subprocess.run(["lintian", "-EvIL", "+pedantic", "--color=never", *args],
+    result = subprocess.run(["lintian", "-EvIL", "+pedantic", "--color=never", "--fail-on", "error,warning", *args],
                             capture_output=True, text=True)
-    return result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    # lintian(1): 0 no tag at --fail-on's levels, 1 some, 2 it could not
+    # run (a missing file, a broken installation): then no tag is no news.
+    assert result.returncode in (0, 1), f"lintian exited {result.returncode}:\n{output}"
+    assert (result.returncode == 1) == bool(errors_and_warnings(output)), output
+    return output
 
 
 def errors_and_warnings(output: str) -> list[str]:
@@ -90,6 +96,11 @@ def errors_and_warnings(output: str) -> list[str]:
 
 def test_lintian_binary_clean(built_deb: Path) -> None:
     assert errors_and_warnings(lintian(str(built_deb))) == []
+
+
+def test_lintian_that_cannot_run_fails_the_check(tmp_path: Path) -> None:
+    with pytest.raises(AssertionError, match="lintian exited 2"):
+        lintian(str(tmp_path / "no-such.deb"))
 
 
 def test_lintian_source_clean(tmp_path: Path) -> None:
