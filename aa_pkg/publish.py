@@ -35,6 +35,7 @@ directory per distribution when their package sets must differ.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import gzip
 import hashlib
@@ -87,6 +88,11 @@ class Target:
     origin: str = "apparmor-fullsystem"
 
     def __post_init__(self) -> None:
+        # Absolute once, here: apt-ftparchive runs in the repository (cwd),
+        # where a relative path would name another place.
+        object.__setattr__(self, "root", self.root.absolute())
+        if self.gnupghome is not None:
+            object.__setattr__(self, "gnupghome", self.gnupghome.absolute())
         for what, value in (("suite", self.suite), ("component", self.component),
                             *(("architecture", a) for a in self.architectures)):
             if not NAME_RE.fullmatch(value):
@@ -462,6 +468,30 @@ def prune_generations(target: Target, keep: set[str | None]) -> None:
                 log.warning("could not remove the old generation %s: %s", old, e)
 
 
+# What to do about a repository that cannot be written, by errno.
+IO_HINTS = {
+    errno.EROFS: "its file system is mounted read-only: remount it read-write, or pass another --repo",
+    errno.ENOSPC: "its file system is full: free some space, then publish again",
+    errno.EDQUOT: "the disk quota is used up: free some space, then publish again",
+    errno.EACCES: "run aa-pkg publish as a user who may write the repository, or pass another --repo",
+    errno.EPERM: "run aa-pkg publish as a user who may write the repository, or pass another --repo",
+}
+
+
+@contextlib.contextmanager
+def repository_io(target: Target) -> Iterator[None]:
+    """An I/O failure of the publish as one PublishError naming the path; the transaction has undone its part."""
+    try:
+        yield
+    except OSError as e:
+        # A copy or a rename names its target second (shutil.copyfile
+        # names the source first even when the target's disk is full).
+        where = e.filename2 or e.filename or target.root
+        raise PublishError(f"cannot publish into {target.root}: {where}: {e.strerror or e}",
+                           hint=IO_HINTS.get(e.errno or 0, "fix the file system, then publish again: "
+                                                           "the repository is as it was")) from None
+
+
 @contextlib.contextmanager
 def locked(root: Path) -> Iterator[Path]:
     state = root / STATE_DIR
@@ -477,7 +507,7 @@ def publish(paths: Sequence[Path], target: Target) -> list[Deb]:
     """Add the debs and re-sign the suite, all or nothing; returns the debs the suite did not list before."""
     require_tools(["apt-ftparchive", "dpkg-deb", "gpg"])
     debs = check_debs(paths, target)
-    with locked(target.root) as state:
+    with repository_io(target), locked(target.root) as state:
         check_suite_link(target)
         new = plan(debs, target, served_indices(target))
         if not new:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import http.server
@@ -164,11 +165,11 @@ def inject(step: str, repo: Path, monkeypatch: pytest.MonkeyPatch) -> type[BaseE
                 raise OSError(28, INJECTED)
             return real_copyfile(source, destination, **kwargs)
         monkeypatch.setattr(shutil, "copyfile", copyfile)
-        return OSError
+        return PublishError   # the OSError, as the one error every failure of publish gets
     if step == "indexing":
         monkeypatch.setattr(publish_module, "write_indices",
                             fail_after(publish_module.write_indices, OSError(28, INJECTED)))
-        return OSError
+        return PublishError
     if step == "signing":  # ^C while gpg signs
         monkeypatch.setattr(publish_module, "sign_release",
                             fail_after(publish_module.sign_release, KeyboardInterrupt()))
@@ -181,7 +182,7 @@ def inject(step: str, repo: Path, monkeypatch: pytest.MonkeyPatch) -> type[BaseE
             raise OSError(5, "Input/output error (injected)")
         real_replace(source, destination, **kwargs)
     monkeypatch.setattr(os, "replace", replace)
-    return OSError
+    return PublishError
 
 
 @pytest.mark.parametrize("served", [True, False], ids=["into-a-served-suite", "into-an-empty-repository"])
@@ -499,3 +500,89 @@ def test_cli_publish_and_client_config(tmp_path: Path, built_deb: Path, signing:
     assert refused.returncode == 1 and refused.stdout == ""
     assert refused.stderr.startswith(f"aa-pkg: error: {truncated}: not a whole .deb (")
     assert len(refused.stderr.splitlines()) == 2 and refused.stderr.splitlines()[1].startswith("aa-pkg: hint: ")
+
+
+def test_cli_publish_with_relative_paths(tmp_path: Path, built_deb: Path, signing: tuple[Path, str]) -> None:
+    """--repo, --gnupghome and the .deb as typed relative to the current directory."""
+    from test_main import aa_pkg
+
+    shutil.copy(built_deb, tmp_path / built_deb.name)
+    home = Path(os.path.relpath(signing[0], tmp_path))
+    published = aa_pkg("publish", built_deb.name, "--repo", "repo", "--gnupghome", str(home), "--key", signing[1],
+                       cwd=tmp_path)
+    assert published.returncode == 0 and published.stdout == "published apparmor-fullsystem 0.1\n", published.stderr
+    assert apt_view(tmp_path / "repo", signing) == {("apparmor-fullsystem", "0.1"): digest(built_deb)}
+    assert not (tmp_path / "repo/repo").exists()
+
+
+def fails_in_one_line(result: subprocess.CompletedProcess[str], path: Path, hint: str) -> None:
+    """Exit 1, an error naming PATH and a hint saying HINT; no traceback."""
+    assert result.returncode == 1 and result.stdout == "", result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    error, given = result.stderr.splitlines()
+    assert error.startswith("aa-pkg: error: cannot publish into ") and f"{path}" in error, error
+    assert given.startswith("aa-pkg: hint: ") and hint in given, given
+
+
+@contextlib.contextmanager
+def mounted(what: list[str], where: Path) -> Iterator[None]:
+    """mount WHAT on WHERE for the body, as root; skips (fails under AA_PKG_REQUIRE_TOOLS=1) otherwise."""
+    vm.require_root()
+    subprocess.run(["mount", *what, str(where)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def test_publish_into_a_read_only_repository_fails_in_one_line(tmp_path: Path, built_deb: Path, newer_deb: Path,
+                                                               signing: tuple[Path, str]) -> None:
+    from test_main import aa_pkg
+
+    repo = tmp_path / "repo"
+    publish([built_deb], target(repo, signing))
+    before = snapshot(repo)
+    vm.require_root()
+    subprocess.run(["mount", "--bind", str(repo), str(repo)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(repo)], check=True)
+        result = aa_pkg("publish", str(newer_deb), "--repo", str(repo), "--gnupghome", str(signing[0]),
+                        "--key", signing[1], cwd=tmp_path)
+    finally:
+        subprocess.run(["umount", str(repo)], check=True)
+    fails_in_one_line(result, repo / ".aa-pkg/lock", "read-only")
+    assert snapshot(repo) == before
+
+
+def test_publish_onto_a_full_disk_fails_in_one_line_and_leaves_nothing(tmp_path: Path, built_deb: Path,
+                                                                       signing: tuple[Path, str]) -> None:
+    from test_main import aa_pkg
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    # Room for the lock and a little more, not for the .deb in the pool.
+    with mounted(["-t", "tmpfs", "-o", f"size={built_deb.stat().st_size // 2}", "tmpfs"], repo):
+        result = aa_pkg("publish", str(built_deb), "--repo", str(repo), "--gnupghome", str(signing[0]),
+                        "--key", signing[1], cwd=tmp_path)
+        left = snapshot(repo)
+    fails_in_one_line(result, repo, "full")
+    assert "No space left on device" in result.stderr, result.stderr
+    # Nothing a client could fetch: no pool file, no index.
+    assert all(state == "directory" for state in left.values()), left
+
+
+def test_publish_without_permission_fails_in_one_line(tmp_path: Path, built_deb: Path,
+                                                      signing: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+                                                      ) -> None:
+    repo = tmp_path / "repo"
+    real_open = Path.open
+
+    def open_refused(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self.name == "lock":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+    monkeypatch.setattr(Path, "open", open_refused)
+    with pytest.raises(PublishError) as refused:
+        publish([built_deb], target(repo, signing))
+    assert refused.value.message == f"cannot publish into {repo}: {repo}/.aa-pkg/lock: Permission denied"
+    assert refused.value.hint is not None and "as a user who may write the repository" in refused.value.hint
