@@ -502,21 +502,36 @@ def test_cli_publish_and_client_config(tmp_path: Path, built_deb: Path, signing:
     assert len(refused.stderr.splitlines()) == 2 and refused.stderr.splitlines()[1].startswith("aa-pkg: hint: ")
 
 
-def test_cli_publish_with_relative_paths(tmp_path: Path, built_deb: Path, signing: tuple[Path, str]) -> None:
-    """--repo, --gnupghome and the .deb as typed relative to the current directory."""
-    from test_main import aa_pkg
+def test_cli_takes_relative_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, built_deb: Path,
+                                  signing: tuple[Path, str]) -> None:
+    """--repo, --gnupghome, the .deb and --keyring-out as typed, relative to the current directory (issue 18:
+    apt-ftparchive runs in the repository, where a relative --repo named repo/repo/.aa-pkg/checksums.db)."""
+    from aa_pkg.__main__ import main
 
-    shutil.copy(built_deb, tmp_path / built_deb.name)
-    home = Path(os.path.relpath(signing[0], tmp_path))
-    published = aa_pkg("publish", built_deb.name, "--repo", "repo", "--gnupghome", str(home), "--key", signing[1],
-                       cwd=tmp_path)
-    assert published.returncode == 0 and published.stdout == "published apparmor-fullsystem 0.1\n", published.stderr
+    shutil.copyfile(built_deb, tmp_path / built_deb.name)
+    monkeypatch.chdir(tmp_path)
+    common = ["--repo", "repo", "--gnupghome", os.path.relpath(signing[0]), "--key", signing[1]]
+    assert main(["publish", built_deb.name, *common]) == 0
+    assert main(["publish", built_deb.name, *common]) == 0  # with the checksum cache the first one wrote
+    assert main(["client-config", *common, "--url", "http://apt.example.org/", "--keyring-out", "keyring.gpg"]) == 0
     assert apt_view(tmp_path / "repo", signing) == {("apparmor-fullsystem", "0.1"): digest(built_deb)}
+    subprocess.run(["gpgv", "--keyring", tmp_path / "keyring.gpg", tmp_path / "repo/dists/stable/InRelease"],
+                   check=True, capture_output=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [built_deb.name, "keyring.gpg", "repo"]
     assert not (tmp_path / "repo/repo").exists()
 
 
+def in_process(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`aa-pkg ARGS` run by main() in this process, where monkeypatch reaches it."""
+    from aa_pkg.__main__ import main
+
+    status = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["aa-pkg", *args], status, out, err)
+
+
 def fails_in_one_line(result: subprocess.CompletedProcess[str], path: Path, hint: str) -> None:
-    """Exit 1, an error naming PATH and a hint saying HINT; no traceback."""
+    """Exit 1, one error naming PATH and its hint saying HINT; no traceback."""
     assert result.returncode == 1 and result.stdout == "", result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     error, given = result.stderr.splitlines()
@@ -542,47 +557,59 @@ def test_publish_into_a_read_only_repository_fails_in_one_line(tmp_path: Path, b
     repo = tmp_path / "repo"
     publish([built_deb], target(repo, signing))
     before = snapshot(repo)
-    vm.require_root()
-    subprocess.run(["mount", "--bind", str(repo), str(repo)], check=True)
-    try:
+    with mounted(["--bind", str(repo)], repo):
         subprocess.run(["mount", "-o", "remount,bind,ro", str(repo)], check=True)
         result = aa_pkg("publish", str(newer_deb), "--repo", str(repo), "--gnupghome", str(signing[0]),
                         "--key", signing[1], cwd=tmp_path)
-    finally:
-        subprocess.run(["umount", str(repo)], check=True)
-    fails_in_one_line(result, repo / ".aa-pkg/lock", "read-only")
-    assert snapshot(repo) == before
+        fails_in_one_line(result, repo / ".aa-pkg/lock", "read-only")
+        assert snapshot(repo) == before
+    assert [d.version for d in publish([newer_deb], target(repo, signing))] == ["0.2"]
 
 
-def test_publish_onto_a_full_disk_fails_in_one_line_and_leaves_nothing(tmp_path: Path, built_deb: Path,
-                                                                       signing: tuple[Path, str]) -> None:
+def test_publish_onto_a_full_disk_fails_in_one_line_and_leaves_the_repository(
+        tmp_path: Path, built_deb: Path, newer_deb: Path, signing: tuple[Path, str]) -> None:
     from test_main import aa_pkg
 
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    # Room for the lock and a little more, not for the .deb in the pool.
-    with mounted(["-t", "tmpfs", "-o", f"size={built_deb.stat().st_size // 2}", "tmpfs"], repo):
-        result = aa_pkg("publish", str(built_deb), "--repo", str(repo), "--gnupghome", str(signing[0]),
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    with mounted(["-t", "tmpfs", "-o", "size=1m", "tmpfs"], disk):
+        repo = disk / "repo"
+        publish([built_deb], target(repo, signing))
+        before = snapshot(repo)
+        filler = disk / "filler"
+        with filler.open("wb") as f, contextlib.suppress(OSError):
+            while True:  # until ENOSPC
+                f.write(bytes(1 << 16))
+                f.flush()
+        result = aa_pkg("publish", str(newer_deb), "--repo", str(repo), "--gnupghome", str(signing[0]),
                         "--key", signing[1], cwd=tmp_path)
-        left = snapshot(repo)
-    fails_in_one_line(result, repo, "full")
-    assert "No space left on device" in result.stderr, result.stderr
-    # Nothing a client could fetch: no pool file, no index.
-    assert all(state == "directory" for state in left.values()), left
+        fails_in_one_line(result, repo, "full")
+        assert "No space left on device" in result.stderr, result.stderr
+        assert snapshot(repo) == before
+        filler.unlink()
+        assert [d.version for d in publish([newer_deb], target(repo, signing))] == ["0.2"]
+        assert apt_view(repo, signing) == {("apparmor-fullsystem", "0.1"): digest(built_deb),
+                                           ("apparmor-fullsystem", "0.2"): digest(newer_deb)}
 
 
-def test_publish_without_permission_fails_in_one_line(tmp_path: Path, built_deb: Path,
-                                                      signing: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
-                                                      ) -> None:
+def test_publish_without_permission_fails_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch, built_deb: Path,
+                                                      newer_deb: Path, signing: tuple[Path, str]) -> None:
+    """What a user who may not write the repository gets: root passes any permission check, so the lock's
+    open(2) is refused here as the kernel would refuse it."""
     repo = tmp_path / "repo"
+    publish([built_deb], target(repo, signing))
+    before = snapshot(repo)
     real_open = Path.open
 
     def open_refused(self: Path, *args: Any, **kwargs: Any) -> Any:
-        if self.name == "lock":
+        if self == repo / ".aa-pkg/lock":
             raise PermissionError(13, "Permission denied", str(self))
         return real_open(self, *args, **kwargs)
     monkeypatch.setattr(Path, "open", open_refused)
-    with pytest.raises(PublishError) as refused:
-        publish([built_deb], target(repo, signing))
-    assert refused.value.message == f"cannot publish into {repo}: {repo}/.aa-pkg/lock: Permission denied"
-    assert refused.value.hint is not None and "as a user who may write the repository" in refused.value.hint
+    result = in_process(capsys, "publish", str(newer_deb), "--repo", str(repo), "--gnupghome", str(signing[0]),
+                        "--key", signing[1])
+    fails_in_one_line(result, repo / ".aa-pkg/lock", "as a user who may write the repository")
+    assert result.stderr.startswith(f"aa-pkg: error: cannot publish into {repo}: {repo}/.aa-pkg/lock: "
+                                    "Permission denied\n")
+    assert snapshot(repo) == before
