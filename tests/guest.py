@@ -7,6 +7,7 @@ Machine.boot); lines "@@ key=value" become Boot.values.
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 from pathlib import Path
 from typing import NamedTuple
@@ -46,7 +47,7 @@ umount -R "$initramfs/proc" "$initramfs/sys" "$initramfs/dev" "$initramfs/run"
 """
 
 # What every boot reports.  Lines "@@ key=value" become Boot.values; the
-# process table is printed as "proc|PID|COMM|START|LABEL" (labels contain
+# process table is printed as "proc|PID|PPID|COMM|START|LABEL" (labels contain
 # spaces), START being proc(5)'s starttime in clock ticks since boot: the
 # 20th field after the command's ")" in /proc/PID/stat.
 REPORT = rf"""
@@ -66,30 +67,67 @@ for p in /proc/[0-9]*; do
     readlink "$p/exe" >/dev/null 2>&1 || continue
     label=$(cat "$p/attr/current" 2>/dev/null) || label="(unreadable)"
     start=$(sed 's/.*) //' "$p/stat" 2>/dev/null | cut -d ' ' -f 20)
-    echo "proc|${{p#/proc/}}|$(cat "$p/comm" 2>/dev/null)|$start|$label"
+    ppid=$(sed 's/.*) //' "$p/stat" 2>/dev/null | cut -d ' ' -f 2)
+    echo "proc|${{p#/proc/}}|$ppid|$(cat "$p/comm" 2>/dev/null)|$start|$label"
 done
+echo "--- kernel log: init"
+dmesg | grep -e 'Run /init as init process' -e 'systemd\[1\]: systemd .* running in system mode' \
+    -e 'systemd\[1\]: Switching root'
+echo "--- end of kernel log: init"
 echo "--- aa-fullsystem status"
 aa-fullsystem status
 echo "@@ status_exit=$?"
 echo "--- failed units"
-systemctl --failed --no-legend --plain --no-pager
+# Under sysvinit there is no systemctl: "unread", never a count of zero.
+if failed=$(systemctl --failed --no-legend --plain --no-pager 2>&1); then
+    printf '%s\n' "$failed"
+    echo "@@ failed_units=$(printf '%s' "$failed" | grep -c .)"
+else
+    echo "@@ failed_units=unread"
+fi
 echo "@@ apparmor_service=$(systemctl is-active apparmor.service)"
 """
 
+# count KEY FILE PROOF GREP-ARGS...: "@@ KEY=N", N the lines of FILE that
+# grep GREP-ARGS matches; "@@ KEY=unread" when FILE lacks PROOF, a line
+# every complete read of its source holds (the kernel's first line, a file
+# every initramfs has), so that a source that failed, or was cut, never
+# passes for a count of zero.
+COUNT = r"""
+count() {
+    key=$1 file=$2 proof=$3
+    shift 3
+    if grep -q -e "$proof" "$file" 2>/dev/null; then
+        echo "@@ $key=$(grep -c "$@" "$file")"
+    else
+        echo "@@ $key=unread"
+    fi
+}
+"""
+# The kernel's first line: a dmesg that holds it was read whole and has
+# not wrapped.
+KERNEL_FIRST_LINE = "Linux version "
+# In every initramfs, whichever generator built it: the kernel modules' tree.
+INITRAMFS_PROOF = "lib/modules/"
+
 # Denials, counted where an admin would look.  The journal (and with it
 # `journalctl -k`) exists in every base image, but say so if not.
-DENIALS = r"""
+DENIALS = COUNT + rf"""
+dmesg >/run/aafs-dmesg.txt 2>&1
 echo "--- AppArmor messages in dmesg"
-dmesg | grep -e 'apparmor="DENIED"' -e 'apparmor="ALLOWED"' \
-    -e 'callbacks suppressed' -e 'printk limit exceeded' -e 'audit_lost'
-echo "@@ denied_dmesg=$(dmesg | grep -c 'apparmor="DENIED"')"
-echo "@@ allowed_dmesg=$(dmesg | grep -c 'apparmor="ALLOWED"')"
+grep -e 'apparmor="DENIED"' -e 'apparmor="ALLOWED"' \
+    -e 'callbacks suppressed' -e 'printk limit exceeded' -e 'audit_lost' /run/aafs-dmesg.txt
+count denied_dmesg /run/aafs-dmesg.txt '{KERNEL_FIRST_LINE}' -e 'apparmor="DENIED"'
+count allowed_dmesg /run/aafs-dmesg.txt '{KERNEL_FIRST_LINE}' -e 'apparmor="ALLOWED"'
 # Audit records printed by the kernel are rate-limited (printk_ratelimit):
 # a count of zero only means something if none was dropped.
-echo "@@ suppressed_dmesg=$(dmesg | grep -c -e 'callbacks suppressed' -e 'printk limit exceeded' -e 'audit_lost=')"
+count suppressed_dmesg /run/aafs-dmesg.txt '{KERNEL_FIRST_LINE}' \
+    -e 'callbacks suppressed' -e 'printk limit exceeded' -e 'audit_lost='
 if command -v journalctl >/dev/null; then
-    echo "@@ denied_journal_k=$(journalctl -k -b --no-pager | grep -c 'apparmor="DENIED"')"
-    echo "@@ denied_journal=$(journalctl -b --no-pager | grep -c 'apparmor="DENIED"')"
+    journalctl -k -b --no-pager >/run/aafs-journal-k.txt 2>&1
+    journalctl -b --no-pager >/run/aafs-journal.txt 2>&1
+    count denied_journal_k /run/aafs-journal-k.txt '{KERNEL_FIRST_LINE}' -e 'apparmor="DENIED"'
+    count denied_journal /run/aafs-journal.txt '{KERNEL_FIRST_LINE}' -e 'apparmor="DENIED"'
 else
     echo "@@ denied_journal_k=unavailable"
 fi
@@ -112,9 +150,10 @@ def leftovers(lister: str) -> str:
     """After a purge: files of ours on the root file system, in this kernel's
     initramfs (as LISTER, lsinitramfs or lsinitrd, lists it), and profiles
     of ours loaded."""
-    return f"""
+    return COUNT + f"""
 echo "@@ files_left=$(find / -xdev \\( -name '*apparmor-fullsystem*' -o -name '{PROFILE}*' \\) 2>/dev/null | tr '\\n' ' ')"
-echo "@@ in_initramfs=$({lister} /boot/initrd.img-$(uname -r) | grep -c -e apparmor-fullsystem -e {PROFILE})"
+{lister} /boot/initrd.img-$(uname -r) >/run/aafs-listing.txt 2>&1
+count in_initramfs /run/aafs-listing.txt '{INITRAMFS_PROOF}' -e apparmor-fullsystem -e {PROFILE}
 echo "@@ loaded=$(grep -c '^{PROFILE}' /sys/kernel/security/apparmor/profiles)"
 """
 
@@ -124,6 +163,7 @@ class Process(NamedTuple):
     comm: str
     label: str
     start_ticks: int
+    ppid: str
 
 
 def processes(boot: vm.Boot) -> list[Process]:
@@ -131,8 +171,8 @@ def processes(boot: vm.Boot) -> list[Process]:
     rows = []
     for line in boot.output.splitlines():
         if line.startswith("proc|"):
-            _, pid, comm, start, label = line.split("|", 4)
-            rows.append(Process(pid, comm, label, int(start or -1)))
+            _, pid, ppid, comm, start, label = line.split("|", 5)
+            rows.append(Process(pid, comm, label, int(start or -1), ppid))
     return rows
 
 
@@ -144,11 +184,43 @@ FROM_INITRAMFS = " (from the initramfs)"
 def from_initramfs(boot: vm.Boot, process: Process) -> bool:
     """Whether PROCESS started before the boot script finished (the record's
     finished_at_cs) and loaded policy, that is in the initramfs, before init
-    was executed; not PID 1, which executes init after the script."""
+    was executed, or was forked by such a process since, at any depth (a
+    leftover udevd's workers); not PID 1, which executes init after the
+    script."""
     if process.pid == "1" or boot.values.get("record.loaded_stage") not in ("stub", "full"):
         return False
     hz = int(boot.values["clk_tck"])
-    return 0 <= process.start_ticks * 100 // hz < int(boot.values["record.finished_at_cs"])
+    if 0 <= process.start_ticks * 100 // hz < int(boot.values["record.finished_at_cs"]):
+        return True
+    parent = {p.pid: p for p in processes(boot)}.get(process.ppid)
+    return parent is not None and parent.label == "unconfined" and from_initramfs(boot, parent)
+
+
+def kernel_init_window(boot: vm.Boot) -> tuple[int, int | None]:
+    """From the kernel log's own clock, in 1/100 s since boot: when the
+    initramfs's /init ran, and when init (systemd after any switch from an
+    initramfs's systemd) said its first word; None for an init that says
+    nothing in the kernel log (sysvinit)."""
+    section = boot.output.split("--- kernel log: init\n", 1)[1].split("--- end of kernel log: init\n", 1)[0]
+    run_init, init_first, switched = None, None, False
+    for line in section.splitlines():
+        m = re.match(r"\[\s*(\d+)\.(\d\d)\d*\] (.*)$", line)
+        if not m:
+            continue
+        cs, text = int(m[1]) * 100 + int(m[2]), m[3]
+        if "Run /init as init process" in text and run_init is None:
+            run_init = cs
+        elif "Switching root" in text:
+            switched, init_first = True, None
+        elif "running in system mode" in text and (init_first is None or not switched):
+            init_first = cs if init_first is None else init_first
+    assert run_init is not None, where(boot)
+    return run_init, init_first
+
+
+# How far the record's clock (/proc/uptime) and the kernel log's (printk's
+# local_clock) may disagree, in 1/100 s.
+CLOCKS_APART_CS = 5
 
 
 def unconfined_since_init(boot: vm.Boot) -> list[Process]:
@@ -159,6 +231,13 @@ def unconfined_since_init(boot: vm.Boot) -> list[Process]:
     label because none was loaded when they executed; `aa-fullsystem
     status`, where it lists one, must mark it so, and must not mark any
     other."""
+    # The record's time, which the code under test writes, checked against
+    # the kernel's: after the initramfs's /init ran, before init spoke.
+    if "record.finished_at_cs" in boot.values:
+        finished = int(boot.values["record.finished_at_cs"])
+        run_init, init_first = kernel_init_window(boot)
+        assert run_init <= finished + CLOCKS_APART_CS, where(boot)
+        assert init_first is None or finished <= init_first + CLOCKS_APART_CS, where(boot)
     unconfined = [p for p in processes(boot) if p.label == "unconfined"]
     status_lines = boot.output.splitlines()
     for p in unconfined:
@@ -182,6 +261,13 @@ def unit(program: str, nnp: bool = False) -> str:
     """A service running PROGRAM infinity, wanted by multi-user.target."""
     return (f"[Unit]\nDescription=aafs test service\n\n[Service]\n{'NoNewPrivileges=yes' + chr(10) if nnp else ''}"
             f"ExecStart={program} infinity\n\n[Install]\nWantedBy=multi-user.target\n")
+
+
+def runs_cleanly(boot: vm.Boot) -> None:
+    """systemd reached "running": no unit failed before the probe, and none
+    had failed when the report was taken."""
+    assert boot.system_state == "running", f"system state {boot.system_state!r}\n{where(boot)}"
+    assert boot.values["failed_units"] == "0", where(boot)
 
 
 def where(boot: vm.Boot) -> str:

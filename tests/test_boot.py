@@ -17,7 +17,11 @@ machine "broken" (stage full, complain)
     by update-initramfs, which keeps the previous initramfs; the boot that
     follows still confines PID 1 with the full profile it had
 machine "enforce" (stage full, mode enforce)
-    one boot: PID 1 in enforce mode and not one apparmor="DENIED" line
+    boot 1  PID 1 in enforce mode and not one apparmor="DENIED" line
+    boots 2-4  apparmor.service masked, so the kernel shows what the
+            initramfs alone loaded: the full profile and its roles,
+            enforced; with aa_fullsystem=stub the stub alone; with
+            aa_fullsystem=complain the full profile in complain mode
 
 The chroot preparation happens before a machine's first boot: after it the
 disk image is the machine and the chroot is gone (see tests/vm.py).
@@ -35,12 +39,12 @@ try:                    # tests/ imported as a package
     from . import vm
     from .guest import (DENIALS, FULL_PROFILE, INITRAMFS_DIR, LAST_GOOD, NO_PRINTK_RATELIMIT, PROFILE,
                         REPORT, STATE, chroot_text, drop_stale_root, initramfs_file, lsinitramfs,
-                        new_machine, processes, sha256, unconfined_since_init, where)
+                        new_machine, processes, runs_cleanly, sha256, unconfined_since_init, where)
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
     from guest import (DENIALS, FULL_PROFILE, INITRAMFS_DIR, LAST_GOOD, NO_PRINTK_RATELIMIT, PROFILE,
                        REPORT, STATE, chroot_text, drop_stale_root, initramfs_file, lsinitramfs,
-                       new_machine, processes, sha256, unconfined_since_init, where)
+                       new_machine, processes, runs_cleanly, sha256, unconfined_since_init, where)
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -197,6 +201,9 @@ def test_stub_boot_confines_init_and_everything_it_starts(stub, tmp_path):
     assert boot.values["pid1"] == f"{PROFILE} (complain)", where(boot)
     assert boot.values.get("record.outcome") == "loaded", where(boot)
     assert boot.values.get("record.loaded_stage") == "stub", where(boot)
+    # The boot script's own check: the kernel gave init's name the profile.
+    assert boot.values["record.init_attach"] == "yes", where(boot)
+    assert boot.values["record.init_label"] == f"{PROFILE} (complain)", where(boot)
     assert boot.values.get("record.configured_stage") == "stub", where(boot)
     assert boot.values.get("record.mode") == "complain", where(boot)
     assert boot.values.get("record.initramfs_kernel") == boot.values.get("record.kernel"), where(boot)
@@ -356,9 +363,16 @@ def _kernel_before_6_2(release: str) -> bool:
     return bool(m) and (int(m.group(1)), int(m.group(2))) < (6, 2)
 
 
+# The profiles in the kernel, "NAME (MODE)" joined by commas.
+LOADED_PROFILES = r"""
+echo "@@ loaded_profiles=$(paste -s -d , /sys/kernel/security/apparmor/profiles)"
+"""
+
+
 @pytest.mark.parametrize("suite", vm.SUITES)
 def test_full_profile_enforced_denies_nothing(suite, built_deb, tmp_path):
-    """5. stage full + mode enforce: PID 1 enforced from the initramfs, zero DENIED lines."""
+    """5. stage full + mode enforce: PID 1 enforced from the initramfs, zero DENIED lines; then
+    what the initramfs loads by itself, normally and with each escape hatch that loads policy."""
     machine = new_machine(suite, tmp_path / "machine", built_deb)
     (machine.root / "etc/sysctl.d/10-aafs-test-no-printk-ratelimit.conf").write_text(NO_PRINTK_RATELIMIT)
     machine.chroot_run(["aa-fullsystem", "stage", "full"])
@@ -380,6 +394,7 @@ def test_full_profile_enforced_denies_nothing(suite, built_deb, tmp_path):
     assert v.get("record.loaded_stage") == "full", where(boot)
     assert v.get("record.mode") == "enforce", where(boot)
     assert not unconfined_since_init(boot), where(boot)
+    runs_cleanly(boot)
 
     # Zero denials, and a count that missed nothing.
     assert v["suppressed_dmesg"] == "0", "the kernel dropped log lines: the count is incomplete\n" + where(boot)
@@ -392,3 +407,19 @@ def test_full_profile_enforced_denies_nothing(suite, built_deb, tmp_path):
                 "runs the service without its network namespace.")
     assert v["denied_dmesg"] == "0", f"apparmor=\"DENIED\" in dmesg{hint}\n{where(boot)}"
     assert v["denied_journal_k"] in ("0", "unavailable"), f"DENIED in journalctl -k{hint}\n{where(boot)}"
+
+    # What the initramfs itself loaded, read from the kernel: apparmor.service
+    # masked, so that nothing after the initramfs loads policy. The full
+    # stage loads init's profile with the roles its file defines, the stub
+    # alone; the escape hatches choose the stub, or complain mode.
+    for hatch, stage, label, roles in (("", "full", "enforce", True),
+                                       ("aa_fullsystem=stub", "stub", "complain", False),
+                                       ("aa_fullsystem=complain", "full", "complain", True)):
+        boot = machine.boot(script=REPORT + LOADED_PROFILES, append=f"systemd.mask=apparmor.service {hatch}".strip())
+        v = boot.values
+        print(f"--- {suite}: apparmor.service masked, {hatch or 'no escape hatch'}\n{boot.output}")
+        assert boot.reached_multi_user and v["apparmor_service"] == "inactive", where(boot)
+        assert v["pid1"] == f"{PROFILE} ({label})", where(boot)
+        assert v["record.loaded_stage"] == stage, where(boot)
+        assert (f"{PROFILE}-system ({label})" in v["loaded_profiles"].split(",")) == roles, where(boot)
+        assert f"{PROFILE} ({label})" in v["loaded_profiles"].split(","), where(boot)

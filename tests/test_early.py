@@ -142,9 +142,17 @@ echo "@@ rebuild_exit=$?"
 policy=$(find "$initramfs/{INITRAMFS_DIR}/cache" -name policy)
 [ -s "$policy" ] && echo "@@ cut.policy_found=yes"
 head -c 1000 "$policy" >"$policy.cut" && mv "$policy.cut" "$policy"
+# The kernel's answer to this write: its lines after the ones already there.
+logged=$(dmesg | wc -l)
 chroot "$initramfs" /scripts/init-bottom/apparmor-fullsystem
 sed 's/^/@@ cut./' "$initramfs{RECORD}"
-echo "@@ cut.kernel_log=$(dmesg | grep 'apparmor="STATUS"' | grep 'error=' | tail -n 1)"
+# (The kernel's audit thread prints a record a moment after the write.)
+for try in 1 2 3 4 5 6 7 8 9 10; do
+    refusal=$(dmesg | tail -n +$((logged + 1)) | grep 'apparmor="STATUS"' | grep 'error=' | tail -n 1)
+    [ -z "$refusal" ] || break
+    sleep 0.5
+done
+echo "@@ cut.kernel_log=$refusal"
 mount --bind "$initramfs{RECORD}" {RECORD}
 aa-fullsystem status
 aa-fullsystem status | grep -q "fix or remove the profile named above or in the kernel log" && echo "@@ cut.status_says_fix=yes"

@@ -23,14 +23,14 @@ import pytest
 
 try:                    # tests/ imported as a package
     from . import vm
-    from .guest import (DENIALS, FULL_PROFILE, NO_PRINTK_RATELIMIT, PROFILE, REPORT, drop_stale_root,
-                        new_machine, unconfined_since_init, where)
+    from .guest import (COUNT, DENIALS, FULL_PROFILE, INITRAMFS_PROOF, NO_PRINTK_RATELIMIT, PROFILE, REPORT,
+                        drop_stale_root, new_machine, runs_cleanly, unconfined_since_init, where)
     from .test_site_policy import PROBE_FILE as SITE_FILE
     from .test_site_policy import PROBE_PROFILE as SITE_PROFILE
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
-    from guest import (DENIALS, FULL_PROFILE, NO_PRINTK_RATELIMIT, PROFILE, REPORT, drop_stale_root,
-                       new_machine, unconfined_since_init, where)
+    from guest import (COUNT, DENIALS, FULL_PROFILE, INITRAMFS_PROOF, NO_PRINTK_RATELIMIT, PROFILE, REPORT,
+                       drop_stale_root, new_machine, runs_cleanly, unconfined_since_init, where)
     from test_site_policy import PROBE_FILE as SITE_FILE
     from test_site_policy import PROBE_PROFILE as SITE_PROFILE
 
@@ -116,6 +116,7 @@ def test_stub_full_enforce_upgrade_broken_upgrade_purge(suite, built_deb, newer_
     assert b.values["site_loaded"] == "1", where(b)
     confined_everywhere(b)
     no_denials(b)
+    runs_cleanly(b)
     assert b.values["upgrade_exit"] == "0", where(b)
 
     # Boot 4: the upgrade kept stage and mode; then a broken upgrade.
@@ -126,6 +127,7 @@ def test_stub_full_enforce_upgrade_broken_upgrade_purge(suite, built_deb, newer_
     assert b.values["pid1"] == f"{PROFILE} (enforce)", where(b)
     confined_everywhere(b)
     no_denials(b)
+    runs_cleanly(b)
     assert b.values["broken_upgrade_exit"] == "0", where(b)
     assert b.values["audit"] == "0", where(b)             # dpkg finished everything
     assert f"WARNING: {FULL_PROFILE} does not compile" in b.output, where(b)
@@ -154,8 +156,9 @@ echo "@@ left_on_disk=$(find /etc /usr /var /boot \( -name '*{PACKAGE}*' -o -nam
     assert b.values["left_on_disk"] == "0", where(b)
 
     # Boot 6: as if the package had never been there.
-    b = boot(machine, rf"""
-echo "@@ in_initramfs=$(lsinitramfs /boot/initrd.img-$(uname -r) | grep -c -e {PACKAGE} -e {PROFILE})"
+    b = boot(machine, COUNT + rf"""
+lsinitramfs /boot/initrd.img-$(uname -r) >/run/aafs-listing.txt 2>&1
+count in_initramfs /run/aafs-listing.txt '{INITRAMFS_PROOF}' -e {PACKAGE} -e {PROFILE}
 """)
     assert b.values["pid1"] == "unconfined", where(b)
     assert b.values["record"] == "absent", where(b)

@@ -112,6 +112,8 @@ def test_sysvinit_pid1_confined_and_the_other_profiles_load(built_deb, tmp_path)
     b = boot(TO_FULL_ENFORCE)
     assert b.values["pid1"] == f"{PROFILE} (complain)", where(b)
     assert b.values["record.loaded_stage"] == "stub", where(b)
+    # sysvinit's init is its own program, and the check found it.
+    assert b.values["record.init_path"] == "/usr/sbin/init" and b.values["record.init_attach"] == "yes", where(b)
     assert b.values["own.loaded"] == "1", where(b)
     # Its own profile, stacked on init's (the standard level's exec rule).
     assert b.values["own.label"] == f"{OWN}//&{PROFILE} (complain)", where(b)
