@@ -72,7 +72,7 @@ for p in /proc/[0-9]*; do
 done
 echo "--- kernel log: init"
 dmesg | grep -e 'Run /init as init process' -e 'systemd\[1\]: systemd .* running in system mode' \
-    -e 'systemd\[1\]: Switching root'
+    -e 'systemd\[1\]: Running in initrd'
 echo "--- end of kernel log: init"
 echo "--- aa-fullsystem status"
 aa-fullsystem status
@@ -198,22 +198,23 @@ def from_initramfs(boot: vm.Boot, process: Process) -> bool:
 
 def kernel_init_window(boot: vm.Boot) -> tuple[int, int | None]:
     """From the kernel log's own clock, in 1/100 s since boot: when the
-    initramfs's /init ran, and when init (systemd after any switch from an
-    initramfs's systemd) said its first word; None for an init that says
-    nothing in the kernel log (sysvinit)."""
+    initramfs's /init ran, and when init said its first word (systemd's
+    start, not that of a systemd the initramfs ran, which says "Running in
+    initrd." next); None for an init that says nothing in the kernel log
+    (sysvinit)."""
     section = boot.output.split("--- kernel log: init\n", 1)[1].split("--- end of kernel log: init\n", 1)[0]
-    run_init, init_first, switched = None, None, False
+    run_init, init_first = None, None
     for line in section.splitlines():
-        m = re.match(r"\[\s*(\d+)\.(\d\d)\d*\] (.*)$", line)
+        m = re.search(r"\[\s*(\d+)\.(\d\d)\d*\] (.*)$", line)
         if not m:
             continue
         cs, text = int(m[1]) * 100 + int(m[2]), m[3]
         if "Run /init as init process" in text and run_init is None:
             run_init = cs
-        elif "Switching root" in text:
-            switched, init_first = True, None
-        elif "running in system mode" in text and (init_first is None or not switched):
-            init_first = cs if init_first is None else init_first
+        elif "Running in initrd" in text:
+            init_first = None
+        elif "running in system mode" in text and init_first is None:
+            init_first = cs
     assert run_init is not None, where(boot)
     return run_init, init_first
 
