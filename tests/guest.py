@@ -264,6 +264,17 @@ def unit(program: str, nnp: bool = False) -> str:
             f"ExecStart={program} infinity\n\n[Install]\nWantedBy=multi-user.target\n")
 
 
+def add_profiled_services(root: Path, services: dict[str, bool]) -> None:
+    """In a guest's root: NAME, a copy of sleep with a profile of its own, run
+    by NAME.service (with NoNewPrivileges= where the value is true)."""
+    for name, nnp in services.items():
+        program = root / f"usr/local/bin/{name}"
+        program.write_bytes((root / "usr/bin/sleep").read_bytes())
+        program.chmod(0o755)
+        (root / f"etc/apparmor.d/{name}").write_text(own_profile(name))
+        (root / f"etc/systemd/system/{name}.service").write_text(unit(f"/usr/local/bin/{name}", nnp))
+
+
 def runs_cleanly(boot: vm.Boot) -> None:
     """systemd reached "running": no unit failed before the probe, and none
     had failed when the report was taken."""

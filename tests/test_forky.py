@@ -31,11 +31,11 @@ import pytest
 try:                    # tests/ imported as a package
     from . import vm
     from .guest import (DENIALS, FULL_PROFILE, NO_PRINTK_RATELIMIT, PROFILE, REPORT, drop_stale_root, new_machine,
-                        own_profile, runs_cleanly, unconfined_since_init, unit, where)
+                        add_profiled_services, runs_cleanly, unconfined_since_init, where)
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
     from guest import (DENIALS, FULL_PROFILE, NO_PRINTK_RATELIMIT, PROFILE, REPORT, drop_stale_root, new_machine,
-                       own_profile, runs_cleanly, unconfined_since_init, unit, where)
+                       add_profiled_services, runs_cleanly, unconfined_since_init, where)
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -78,11 +78,7 @@ def forky(built_deb, tmp_path_factory) -> vm.Machine:
     (root / "etc/apparmor.d/local" / PROFILE).write_text(
         "# The test harness's probe is the console's administrator (tests/test_forky.py).\n"
         f"/usr/local/sbin/vm-probe Px -> {ADMIN},\n")
-    for name, nnp in ((OWN, False), (NNP, True)):
-        (root / f"usr/local/bin/{name}").write_bytes((root / "usr/bin/sleep").read_bytes())
-        (root / f"usr/local/bin/{name}").chmod(0o755)
-        (root / f"etc/apparmor.d/{name}").write_text(own_profile(name))
-        (root / f"etc/systemd/system/{name}.service").write_text(unit(f"/usr/local/bin/{name}", nnp))
+    add_profiled_services(root, {OWN: False, NNP: True})
     machine.chroot_run(["systemctl", "enable", f"{OWN}.service", f"{NNP}.service"])
     return machine
 

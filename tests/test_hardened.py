@@ -43,11 +43,11 @@ import pytest
 try:                    # tests/ imported as a package
     from . import vm
     from .guest import (COUNT, DENIALS, KERNEL_FIRST_LINE, NO_PRINTK_RATELIMIT, PROFILE, REPORT, drop_stale_root,
-                        own_profile, runs_cleanly, unit, unconfined_since_init, where)
+                        add_profiled_services, runs_cleanly, unit, unconfined_since_init, where)
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
     from guest import (COUNT, DENIALS, KERNEL_FIRST_LINE, NO_PRINTK_RATELIMIT, PROFILE, REPORT, drop_stale_root,
-                       own_profile, runs_cleanly, unit, unconfined_since_init, where)
+                       add_profiled_services, runs_cleanly, unit, unconfined_since_init, where)
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -204,11 +204,7 @@ def hardened(request, built_deb, tmp_path_factory) -> vm.Machine:
     (root / "etc/apparmor.d/local" / PROFILE).write_text(
         "# The test harness's probe is the console's administrator (tests/test_hardened.py).\n"
         f"/usr/local/sbin/vm-probe Px -> {ADMIN},\n")
-    for name, nnp in ((OWN, False), (NNP, True)):
-        (root / f"usr/local/bin/{name}").write_bytes((root / "usr/bin/sleep").read_bytes())
-        (root / f"usr/local/bin/{name}").chmod(0o755)
-        (root / f"etc/apparmor.d/{name}").write_text(own_profile(name))
-        (root / f"etc/systemd/system/{name}.service").write_text(unit(f"/usr/local/bin/{name}", nnp))
+    add_profiled_services(root, {OWN: False, NNP: True})
     (root / f"etc/systemd/system/{PLAIN}.service").write_text(unit("/usr/bin/sleep"))
     (root / "etc/systemd/system/aafs-op@.service").write_text(OP_UNIT)
     ops = root / OPS_DIR.lstrip("/")
