@@ -66,8 +66,11 @@ echo "--- processes (kernel threads, whose exe cannot be read, left out)"
 for p in /proc/[0-9]*; do
     readlink "$p/exe" >/dev/null 2>&1 || continue
     label=$(cat "$p/attr/current" 2>/dev/null) || label="(unreadable)"
-    start=$(sed 's/.*) //' "$p/stat" 2>/dev/null | cut -d ' ' -f 20)
-    ppid=$(sed 's/.*) //' "$p/stat" 2>/dev/null | cut -d ' ' -f 2)
+    # stat read once: a process that exits meanwhile is left out whole,
+    # never listed without its parent.
+    stat=$(sed 's/.*) //' "$p/stat" 2>/dev/null) && [ -n "$stat" ] || continue
+    start=$(echo "$stat" | cut -d ' ' -f 20)
+    ppid=$(echo "$stat" | cut -d ' ' -f 2)
     echo "proc|${{p#/proc/}}|$ppid|$(cat "$p/comm" 2>/dev/null)|$start|$label"
 done
 echo "--- kernel log: init"
