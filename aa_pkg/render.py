@@ -17,6 +17,7 @@ from typing import Any
 
 import jinja2
 
+from aa_pkg import integrity
 from aa_pkg.config import DEFAULT_PROFILE, NOT_POLICY_FILES, Config, SitePolicy
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -104,6 +105,12 @@ class Paths:
         # (aafs_policy_digest), one file per kernel version, written by the
         # hook: 'aa-fullsystem status' says which initramfs is stale.
         return self.last_good.parent / "initramfs"
+
+    @property
+    def pam_config(self) -> PurePosixPath:
+        # pam-auth-update(8)'s profiles: our pam_apparmor line, enabled by
+        # aa-fullsystem at the hardened level only.
+        return PurePosixPath("/usr/share/pam-configs") / self.package
 
     @property
     def local_init(self) -> PurePosixPath:
@@ -199,11 +206,23 @@ class Roles:
     def pkg(self) -> str:
         return f"{self.profile}-pkg"
 
+    @property
+    def kernel(self) -> str:
+        return f"{self.profile}-kernel"
+
+    @property
+    def powered(self) -> tuple[str, ...]:
+        """The roles with power, each with all of init's rights."""
+        return (self.system, self.admin, self.pkg, self.kernel)
+
     def purpose(self) -> dict[str, str]:
         return {
             self.system: "PID 1's machinery: generators, shutdown, and the helpers that mount, check, load and configure the system.",
             self.admin: "The administrator: sessions started by getty, sshd and systemd's rescue shells.",
             self.pkg: "Package management run by the system: apt-daily and unattended-upgrades.",
+            self.kernel: ("The kernel's own helpers (call_usermodehelper): programs the kernel executes by"
+                          " itself, with its own credentials, whose label is unconfined; from an unconfined"
+                          " task an exec enters the profile attached to the program's path, this one."),
         }
 
 
@@ -217,6 +236,24 @@ class Roles:
 # one that attaches to nothing, and PID 1 stayed unconfined (file rules of
 # that shape compile correctly). The boot script checks that init attaches.
 INIT_ATTACHMENT = "/usr/{lib/systemd/systemd,sbin/init}"
+
+
+# The programs Debian's kernels execute on their own (call_usermodehelper),
+# by resolved path: modprobe for module autoloading (/proc/sys/kernel/modprobe,
+# /sbin/modprobe, kmod's), systemd-coredump as kernel.core_pattern's pipe,
+# request-key for the key retention service (/sbin/request-key, keyutils),
+# and the poweroff and reboot commands of orderly_poweroff() and
+# orderly_reboot() (/sbin/poweroff and /sbin/reboot: systemctl under
+# systemd, halt under sysvinit). Each must attach: alternatives, none the
+# tail of another (see INIT_ATTACHMENT).
+KERNEL_HELPERS = (
+    "/usr/bin/kmod",
+    "/usr/bin/systemctl",
+    "/usr/lib/systemd/systemd-coredump",
+    "/usr/sbin/halt",
+    "/usr/sbin/request-key",
+)
+KERNEL_HELPER_ATTACHMENT = "/usr/{" + ",".join(p.removeprefix("/usr/") for p in KERNEL_HELPERS) + "}"
 
 
 # Who runs in a role with power in the hardened level (level-hardened-init):
@@ -237,6 +274,8 @@ SYSTEM_PROGRAMS = (
     "/usr/lib/systemd/systemd-cryptsetup",
     "/usr/lib/systemd/systemd-quotacheck",
     "/usr/lib/systemd/systemd-random-seed",
+    "/usr/lib/systemd/systemd-user-runtime-dir",
+    "/usr/lib/systemd/systemd-update-done",
     "/usr/bin/systemd-tmpfiles",
     "/usr/bin/systemd-sysusers",
     "/usr/bin/systemd-hwdb",
@@ -252,6 +291,29 @@ SYSTEM_PROGRAMS = (
     "/usr/sbin/ldconfig",
     "/usr/lib/apparmor/apparmor.systemd",
     "/usr/sbin/apparmor_parser",
+    # Debian's services whose work is a protected operation, whichever unit
+    # or udev rule starts them: assembling storage from raw block devices
+    # and device-mapper (lvm2's lvm, dmeventd and lvmpolld; mdadm and mdmon;
+    # multipathd), reading a disk's SMART data (smartd), flashing firmware
+    # (fwupd), loading a crash kernel (kdump-tools), configuring the system
+    # from its cloud's data (cloud-init), and running guests or containers,
+    # which load AppArmor profiles of their own (libvirt, Docker,
+    # containerd). A path the system does not have matches nothing.
+    "/usr/sbin/lvm",
+    "/usr/sbin/dmeventd",
+    "/usr/sbin/lvmpolld",
+    "/usr/sbin/mdadm",
+    "/usr/sbin/mdmon",
+    "/usr/sbin/multipathd",
+    "/usr/sbin/smartd",
+    "/usr/lib/fwupd/fwupd",
+    "/usr/libexec/fwupd/fwupd",
+    "/usr/sbin/kdump-config",
+    "/usr/bin/cloud-init",
+    "/usr/sbin/libvirtd",
+    "/usr/sbin/virtqemud",
+    "/usr/sbin/dockerd",
+    "/usr/bin/containerd",
 )
 ADMIN_PROGRAMS = (
     "/usr/sbin/agetty",
@@ -281,6 +343,7 @@ def shipped_files(paths: Paths) -> list[Shipped]:
         Shipped("dracut-pre-pivot.sh.j2", paths.dracut_module / paths.dracut_hook_name, 0o755),
         Shipped("functions.sh.j2", paths.functions, 0o644),
         Shipped("defaults.j2", paths.defaults, 0o644),
+        Shipped("pam-config.j2", paths.pam_config, 0o644),
         Shipped("init-stub.apparmor.j2", paths.stub_profile, 0o644),
         Shipped("init-full.apparmor.j2", paths.full_profile, 0o644),
         Shipped("init.abi.j2", paths.init_abi, 0o644),
@@ -296,7 +359,7 @@ def shipped_files(paths: Paths) -> list[Shipped]:
 # Maintainer scripts go into debian/<package>.<name>, where dh_installdeb adds
 # the debhelper snippets and installs them into the control area, as it does
 # with the triggers file.
-MAINTAINER_SCRIPTS = ("postinst", "postrm")
+MAINTAINER_SCRIPTS = ("postinst", "prerm", "postrm")
 CONTROL_FILES = ("triggers", "init")
 
 
@@ -328,6 +391,15 @@ def context(config: Config) -> dict[str, Any]:
         "not_policy_files": NOT_POLICY_FILES,
         "roles": Roles(config.profile_name),
         "role_purpose": Roles(config.profile_name).purpose(),
+        "powered_roles": Roles(config.profile_name).powered,
+        "kernel_helper_attachment": KERNEL_HELPER_ATTACHMENT,
+        "data_roots": integrity.DATA_ROOTS,
+        "outside_data_roots": integrity.outside_data_roots(),
+        "kernel_settings": integrity.all_but("/sys/kernel/", "security/apparmor/.access"),
+        "instructions": integrity.INSTRUCTIONS,
+        # The data roots have a rule of their own.
+        "instruction_ancestors": [directory for directory in integrity.ancestors(i.path for i in integrity.INSTRUCTIONS)
+                                  if directory.count("/") > 2],
         "system_programs": SYSTEM_PROGRAMS,
         "admin_programs": ADMIN_PROGRAMS,
         "pkg_programs": PKG_PROGRAMS,

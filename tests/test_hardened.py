@@ -54,12 +54,22 @@ pytestmark = [pytest.mark.vm, pytest.mark.slow]
 SERVICE = f"{PROFILE}-service"
 ADMIN = f"{PROFILE}-admin"
 PKG = f"{PROFILE}-pkg"
-EXTRA_PACKAGES = ("openssh-server", "openssh-client", "cron", "unattended-upgrades")
+# dbus and libpam-systemd: the system bus and logind, which ssh logins register with.
+EXTRA_PACKAGES = ("openssh-server", "openssh-client", "cron", "unattended-upgrades", "dbus", "libpam-systemd")
 OPS_DIR = "/usr/local/lib/aafs-ops"
 KERNEL_DEB = "/root/kernel.deb"
 UU_PACKAGE = "aafs-uu-probe"
 UU_REPO = "/srv/aafs-test-repository"
 UU_LABEL = "/run/aafs-uu-postinst-label"
+
+SSH = "ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o LogLevel=ERROR root@localhost"
+
+# A chain: plant an instruction, have the program that reads it run, and
+# succeed only if it ran with power: a file in /boot.
+CHAIN = "rm -f /boot/aafs-chain; {plant}; {run}; {clean}; test -e /boot/aafs-chain && rm /boot/aafs-chain"
+# A socket of a family no module provides (DECnet, gone since Linux 6.1): the
+# kernel runs modprobe net-pf-12 (module autoloading) every time.
+AUTOLOAD = "perl -e 'socket(S, 12, 2, 0)'"
 
 # One protected operation each (README, THREAT MODEL): a shell command that
 # succeeds for root with every right, and that leaves nothing behind.
@@ -90,6 +100,39 @@ PROTECTED = {
     "write_sysctl": "v=$(cat /proc/sys/kernel/sysrq) && echo \"$v\" >/proc/sys/kernel/sysrq",
     "write_ld_preload": "touch /etc/ld.so.preload && rm /etc/ld.so.preload",
     "ptrace_init": "perl -e 'open(my $f, \"<\", \"/proc/1/mem\") or die \"$!\\n\"'",
+    # Not on any list: /etc, /opt and the top level are the system's (the rule).
+    "write_etc": "touch /etc/aafs-probe && rm /etc/aafs-probe",
+    "write_opt": "mkdir -p /opt && touch /opt/aafs-probe && rm /opt/aafs-probe",
+    "write_top_level": "touch /aafs-probe && rm /aafs-probe",
+    "write_run_unit": "touch /run/systemd/system/aafs-probe.service && rm /run/systemd/system/aafs-probe.service",
+    "write_apt_archives": "touch /var/cache/apt/archives/aafs-probe.deb && rm /var/cache/apt/archives/aafs-probe.deb",
+    # Instructions left for a program with power, end to end: each succeeds
+    # only if the program ran them with power (a file in /boot).
+    "udev_rule": CHAIN.format(
+        plant="mkdir -p /run/udev/rules.d && printf '%s\\n' 'ACTION==\"change\", KERNEL==\"null\","
+              " RUN+=\"/usr/bin/touch /boot/aafs-chain\"' >/run/udev/rules.d/99-aafs.rules",
+        run="udevadm control --reload && udevadm trigger --action=change --settle /sys/class/mem/null",
+        clean="rm -f /run/udev/rules.d/99-aafs.rules; udevadm control --reload"),
+    "modprobe_conf": CHAIN.format(
+        plant="mkdir -p /run/modprobe.d && echo 'install net-pf-12 /usr/bin/touch /boot/aafs-chain'"
+              " >/run/modprobe.d/aafs.conf",
+        run=AUTOLOAD, clean="rm -f /run/modprobe.d/aafs.conf"),
+    "login_script": CHAIN.format(
+        plant="printf '#!/bin/sh\\ntouch /boot/aafs-chain\\n' >/etc/update-motd.d/99-aafs"
+              " && chmod +x /etc/update-motd.d/99-aafs",
+        run=f"{SSH} true", clean="rm -f /etc/update-motd.d/99-aafs"),
+    # Another name for a protected file.
+    "rename_parent": "mv /var/lib /var/aafs-lib && { touch /var/aafs-lib/dpkg/aafs-probe; s=$?;"
+                     " mv /var/aafs-lib /var/lib; rm -f /var/lib/dpkg/aafs-probe; exit $s; }",
+    "hard_link": "ln /etc/hostname /var/tmp/aafs-link && rm /var/tmp/aafs-link",
+    # (/dev: the one file system mounted without nodev.)
+    "device_node": "mknod /dev/aafs-disk b $(stat -c '%Hr %Lr' /dev/vda) && { dd if=/dev/aafs-disk of=/dev/null"
+                   " bs=512 count=1 status=none; s=$?; rm -f /dev/aafs-disk; exit $s; }",
+    # open_tree(2) (428 on x86_64), OPEN_TREE_CLONE: /proc again, detached,
+    # where no rule names /proc/sys/kernel/sysrq.
+    "detached_tree": "v=$(cat /proc/sys/kernel/sysrq) && perl -e 'my $p = \"/proc\"; my $fd = syscall(428, -100, $p, 1);"
+                     " die \"open_tree: $!\\n\" if $fd < 0; open(my $f, \">\", \"/proc/self/fd/$fd/sys/kernel/sysrq\")"
+                     " or die \"open: $!\\n\"; print $f \"$ARGV[0]\\n\"' \"$v\"",
 }
 # /dev/kmem is gone from Linux since 5.13 (no kernel of ours has it).
 
@@ -118,6 +161,18 @@ REFUSED_TARGET = {
     "write_sysctl": ('name="/proc/sys/kernel/sysrq"',),
     "write_ld_preload": ('name="/etc/ld.so.preload"',),
     "ptrace_init": (f'peer="{PROFILE}"',),
+    "write_etc": ('name="/etc/aafs-probe"',),
+    "write_opt": ('name="/opt/',),
+    "write_top_level": ('name="/aafs-probe"',),
+    "write_run_unit": ('name="/run/systemd/system/aafs-probe.service"',),
+    "write_apt_archives": ('name="/var/cache/apt/archives/aafs-probe.deb"',),
+    "udev_rule": ('name="/run/udev/rules.d/',),
+    "modprobe_conf": ('name="/run/modprobe.d/',),
+    "login_script": ('name="/etc/update-motd.d/99-aafs"',),
+    "rename_parent": ('name="/var/lib/"',),
+    "hard_link": ('name="/var/tmp/aafs-link"',),
+    "device_node": ('capname="mknod"',),
+    "detached_tree": (),     # CAP_SYS_ADMIN is refused quietly: no record
 }
 assert REFUSED_TARGET.keys() == PROTECTED.keys()
 
@@ -140,8 +195,6 @@ OWN = "aafs-probe-svc"
 NNP = "aafs-probe-nnp"
 PLAIN = "aafs-probe-plain"
 
-
-SSH = "ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o LogLevel=ERROR root@localhost"
 
 
 def run_ops(role: str, names) -> str:
@@ -167,10 +220,47 @@ LABELS = "".join(rf"""
 pid=$(systemctl show -p MainPID --value {unit}.service)
 echo "@@ {unit}.label=$(cat /proc/$pid/attr/current 2>&1)"
 echo "@@ {unit}.active=$(systemctl is-active {unit}.service)"
-""" for unit in (OWN, NNP, PLAIN, "ssh", "cron")) + f"""
+""" for unit in (OWN, NNP, PLAIN, "ssh", "cron", "dbus", "systemd-logind")) + f"""
 echo "@@ ssh_session=$({SSH} cat /proc/self/attr/current 2>&1)"
 systemctl start aafs-op@whoami.service
 echo "@@ service_session=$(cat /run/aafs-op-whoami.out)"
+systemctl start aafs-op@busctl.service
+echo "@@ busctl_service=$(systemctl show -p ExecMainStatus --value aafs-op@busctl.service) $(cat /run/aafs-op-busctl.out)"
+"""
+
+# An ordinary user, whom the admin may log in as, and the chain a service
+# plays with them: a key of its own in their authorized_keys, a setuid copy
+# of bash in /var/tmp, a login as them and the copy run with -p. The login
+# must not be the administrator's: uid 0 then buys no power.
+USER = "aafs-user"
+SSH_OPTIONS = "-o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+LOGIN_AS_USER = f"""rm -rf /run/aafs-key /var/tmp/aafs-bash; rm -f /boot/aafs-chain
+mkdir /run/aafs-key && ssh-keygen -q -t ed25519 -N '' -f /run/aafs-key/id \\
+  && cat /run/aafs-key/id.pub >>/home/{USER}/.ssh/authorized_keys \\
+  && cp /usr/bin/bash /var/tmp/aafs-bash && chmod 4755 /var/tmp/aafs-bash \\
+  && ssh -i /run/aafs-key/id {SSH_OPTIONS} {USER}@localhost \\
+     '/var/tmp/aafs-bash -p -c "cat /proc/self/attr/current; id -u; touch /boot/aafs-chain"'
+sed -i '$d' /home/{USER}/.ssh/authorized_keys; rm -rf /run/aafs-key /var/tmp/aafs-bash
+test -e /boot/aafs-chain && rm /boot/aafs-chain
+"""
+USER_SESSION = f"""
+echo "@@ user_session=$(ssh {SSH_OPTIONS} {USER}@localhost cat /proc/self/attr/current 2>&1)"
+systemctl start aafs-op@login_as_user.service
+echo "@@ login_as_user=$(systemctl show -p ExecMainStatus --value aafs-op@login_as_user.service)" \\
+     "$(tr '\\n' ' ' </run/aafs-op-login_as_user.out)"
+"""
+
+# The kernel's own modprobe, started by a service's socket(2): the admin
+# configures an install command that records its label and leaves a process
+# behind (in the background: the kernel waits for modprobe), for status.
+MODPROBE_LABEL = "/run/aafs-modprobe-label"
+MODPROBE_LABEL_CONF = (f"install net-pf-12 /bin/sh -c 'cat /proc/self/attr/current >{MODPROBE_LABEL};"
+                       " sleep 120 </dev/null >/dev/null 2>&1 &'\n")
+KERNEL_HELPER = f"""
+{SSH} 'mkdir -p /run/modprobe.d && cp {OPS_DIR}/modprobe-label.conf /run/modprobe.d/aafs-label.conf'
+systemctl start aafs-op@autoload.service
+echo "@@ modprobe_label=$(cat {MODPROBE_LABEL} 2>&1)"
+{SSH} rm /run/modprobe.d/aafs-label.conf
 """
 
 # Counted before the test's own operations: what the standard boot denied.
@@ -212,9 +302,16 @@ def hardened(request, built_deb, tmp_path_factory) -> vm.Machine:
     for name, command in PROTECTED.items():
         (ops / name).write_text(command + "\n")
     (ops / "whoami").write_text("cat /proc/self/attr/current\n")
+    (ops / "busctl").write_text("busctl call org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus GetId\n")
+    (ops / "autoload").write_text(AUTOLOAD + "\n")
+    (ops / "login_as_user").write_text(LOGIN_AS_USER)
+    (ops / "modprobe-label.conf").write_text(MODPROBE_LABEL_CONF)
     machine.chroot_run(["systemctl", "enable", f"{OWN}.service", f"{NNP}.service", f"{PLAIN}.service"])
     machine.chroot_run(["sh", "-c", ("mkdir -p -m 700 /root/.ssh && ssh-keygen -q -t ed25519 -N '' -f /root/.ssh/id_ed25519"
                                      " && cp /root/.ssh/id_ed25519.pub /root/.ssh/authorized_keys")])
+    machine.chroot_run(["sh", "-c", f"useradd -m -s /bin/bash {USER} && install -d -o {USER} -g {USER} -m 700"
+                        f" /home/{USER}/.ssh && install -o {USER} -g {USER} -m 600 /root/.ssh/id_ed25519.pub"
+                        f" /home/{USER}/.ssh/authorized_keys"])
     for command in (["stage", "full"], ["mode", "enforce"], ["early", "all"], ["level", "hardened"]):
         done = machine.chroot_run(["aa-fullsystem", *command])
         print(f"--- {suite}: aa-fullsystem {shlex.join(command)}\n{done.stdout}")
@@ -328,7 +425,7 @@ cat /run/level.log
 def test_hardened_enforced_refuses_services_and_keeps_the_admin(hardened):
     machine = hardened
     b = boot(machine, DENIED_AT_START + REPORT + LABELS + run_ops("service", PROTECTED) + run_ops("admin", PROTECTED)
-             + DENIALS + STATUS + WITHOUT_JOURNAL + REINSTALL_KERNEL)
+             + KERNEL_HELPER + USER_SESSION + DENIALS + STATUS + WITHOUT_JOURNAL + REINSTALL_KERNEL)
     v = b.values
     assert v["pid1"] == f"{PROFILE} (enforce)", where(b)
     assert v["record.level"] == "hardened" and v["record.loaded_stage"] == "full", where(b)
@@ -350,7 +447,24 @@ def test_hardened_enforced_refuses_services_and_keeps_the_admin(hardened):
     assert v[f"{PLAIN}.label"] == f"{PROFILE}//&{SERVICE} (enforce)", where(b)
     assert v["cron.label"] == f"{PROFILE}//&{SERVICE} (enforce)", where(b)
     assert v["ssh.label"] == f"{ADMIN} (enforce)", where(b)
-    assert v["ssh_session"] == f"{ADMIN} (enforce)", where(b)
+    # Root's login: the admin role's hat for root (pam_apparmor), which its
+    # programs keep.
+    assert v["ssh_session"] == f"{ADMIN}//root (enforce)", where(b)
+    # A login is the administrator's only if root logs in: anyone else's
+    # session has a service's rights, and the chain a service plays with an
+    # ordinary user's login ends there, uid 0 and all.
+    assert v["user_session"] == f"{ADMIN}//DEFAULT (enforce)", where(b)
+    chain = v["login_as_user"]
+    assert status(chain) != "0" and f"{ADMIN}//DEFAULT (enforce) 0 " in chain, where(b)
+    # The system bus and logind run as services, and a service's call on the
+    # bus is answered.
+    for name in ("dbus", "systemd-logind"):
+        assert v[f"{name}.active"] == "active", where(b)
+        assert v[f"{name}.label"] == f"{PROFILE}//&{SERVICE} (enforce)", where(b)
+    assert status(v["busctl_service"]) == "0", where(b)
+    # The kernel's own modprobe, started by a service's socket(2), runs in
+    # the kernel's role, and status names what it left running.
+    assert v["modprobe_label"] == f"{PROFILE}-kernel (enforce)", where(b)
     for name in (OWN, NNP):
         # Its own profile (complain), stacked on init's and the service role.
         assert v[f"{name}.active"] == "active", where(b)
@@ -365,11 +479,18 @@ def test_hardened_enforced_refuses_services_and_keeps_the_admin(hardened):
     # that names what was refused (matched by what it names, not by when
     # it came: the kernel's audit thread prints a record after the
     # operation), and the admin's runs of the same refused nothing.
+    # CAP_SYS_ADMIN's refusal leaves no record: the service's own error says it.
+    assert "open_tree: Operation not permitted" in v["op.detached_tree.service"], where(b)
     records = denied_records(b)
     for name, targets in REFUSED_TARGET.items():
+        if not targets:
+            continue
         assert any(f'profile="{SERVICE}"' in record and any(t in record for t in targets)
                    for record in records), f"{name}: no refusal naming {targets}\n{where(b)}"
-    assert all(f'profile="{SERVICE}"' in record for record in records), where(b)
+    # ... and everything refused was refused to a service, or to the session
+    # of the ordinary user.
+    assert all(f'profile="{SERVICE}"' in record or f'profile="{ADMIN}//DEFAULT"' in record
+               for record in records), where(b)
     # ... and in status.
     assert int(v["denied_dmesg"]) >= len(PROTECTED), where(b)
     report = json.loads(v["status_json"])
@@ -382,6 +503,10 @@ def test_hardened_enforced_refuses_services_and_keeps_the_admin(hardened):
     assert f"Px -> {PROFILE}-system," in report["next_step"], report
     assert f"Refused this boot: {v['denied_dmesg']} " in b.output, where(b)
     assert report["kernel_log_source"] == "journal", report
+    assert report["kernel_helpers"].endswith(" sleep"), report
+    assert report["logins"] == "by-user", report
+    assert "Logins:       the administrator's role for root only (pam_apparmor)" in b.output, where(b)
+    assert f"Kernel's helpers ({PROFILE}-kernel): " in b.output, where(b)
 
     # Without the journal's copy, status reads the kernel's ring buffer and
     # says so: never fewer refusals than the kernel logged.

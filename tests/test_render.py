@@ -88,9 +88,9 @@ def test_shell_scripts_pass_sh_n_checkbashisms_shellcheck(rendered: tuple[Path, 
     vm.require_tools("checkbashisms", "shellcheck", "dash")
     scripts = shell_files(*rendered)
     # hook, boot script, the boot script's attach probe, functions, shared
-    # builder, dracut's pre-pivot hook, aa-fullsystem, postinst, postrm,
-    # the sysvinit script
-    assert len(scripts) == 10
+    # builder, dracut's pre-pivot hook, aa-fullsystem, postinst, prerm,
+    # postrm, the sysvinit script
+    assert len(scripts) == 11
     for script in scripts:
         run(["sh", "-n", script])
         run(["dash", "-n", script])
@@ -145,5 +145,5 @@ def test_stub_and_full_profile_share_the_name_and_attachment(rendered: tuple[Pat
 
     assert names(tree / "usr/share/apparmor-fullsystem/init-stub") == "fullsystem-init\n"
     assert sorted(names(tree / "etc/apparmor.d/fullsystem-init").split()) == [
-        "fullsystem-init", "fullsystem-init-admin", "fullsystem-init-pkg", "fullsystem-init-service",
-        "fullsystem-init-system"]
+        "fullsystem-init", "fullsystem-init-admin", "fullsystem-init-admin//DEFAULT", "fullsystem-init-admin//root",
+        "fullsystem-init-kernel", "fullsystem-init-pkg", "fullsystem-init-service", "fullsystem-init-system"]

@@ -66,6 +66,9 @@ KNOWN_SUITES = SUITES + (TESTING,)
 PACKAGES = (
     "systemd-sysv", "linux-image-amd64", "apparmor", "initramfs-tools",
     "udev", "kmod", "procps", "zstd", "e2fsprogs",
+    # Our dependencies besides these, for the tests that install the .deb
+    # with dpkg -i (test_maintscripts): apt's tests pull them in themselves.
+    "libpam-apparmor",
 )
 
 HOSTNAME = "aa-vm"
