@@ -55,7 +55,9 @@ SERVICE = f"{PROFILE}-service"
 ADMIN = f"{PROFILE}-admin"
 PKG = f"{PROFILE}-pkg"
 # dbus and libpam-systemd: the system bus and logind, which ssh logins register with.
-EXTRA_PACKAGES = ("openssh-server", "openssh-client", "cron", "unattended-upgrades", "dbus", "libpam-systemd")
+EXTRA_PACKAGES = ("openssh-server", "openssh-client", "cron", "unattended-upgrades", "dbus", "libpam-systemd",
+                  # LVM on a second disk, activated at boot (udev, then a unit PID 1 starts)
+                  "lvm2")
 OPS_DIR = "/usr/local/lib/aafs-ops"
 KERNEL_DEB = "/root/kernel.deb"
 UU_PACKAGE = "aafs-uu-probe"
@@ -250,6 +252,39 @@ echo "@@ login_as_user=$(systemctl show -p ExecMainStatus --value aafs-op@login_
      "$(tr '\\n' ' ' </run/aafs-op-login_as_user.out)"
 """
 
+# A volume group on the second disk, made by the administrator. At the
+# next boots Debian's initramfs activates it (lvm2's udev rules there, before
+# any policy is loaded); the running system's lvm2 services (lvm2-monitor,
+# dmeventd, lvm in the system role) then work on it under the hardened level.
+LVM_VG = "aafs"
+MAKE_LVM = f"""
+pvcreate -q /dev/vdc && vgcreate -q {LVM_VG} /dev/vdc && lvcreate -q -y -L 8M -n data {LVM_VG}
+echo "@@ lvm_created=$?"
+"""
+LVM_AT_BOOT = f"""
+echo "@@ lvm_active=$(lvs --noheadings -o lv_active {LVM_VG}/data 2>&1 | tr -d ' ')"
+echo "@@ lvm_monitor=$(systemctl show -p Result --value lvm2-monitor.service)"
+"""
+# A service that loads an AppArmor profile of its own at every boot, as
+# libvirt or a container engine does: the parser it runs is in the system
+# role's list, so PID 1 starts it there.
+LOAD_PROFILE = "aafs-load-profile"
+LOAD_PROFILE_UNIT = f"""\
+[Unit]
+Description=aafs test: a service that loads an AppArmor profile of its own
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/sbin/apparmor_parser --replace /etc/apparmor.d/{OWN}
+
+[Install]
+WantedBy=multi-user.target
+"""
+PROFILE_LOADED = f"""
+echo "@@ load_profile=$(systemctl show -p Result --value {LOAD_PROFILE}.service)"
+"""
+
 # The kernel's own modprobe, started by a service's socket(2): the admin
 # configures an install command that records its label and leaves a process
 # behind (in the background: the kernel waits for modprobe), for status.
@@ -297,6 +332,8 @@ def hardened(request, built_deb, tmp_path_factory) -> vm.Machine:
     add_profiled_services(root, {OWN: False, NNP: True})
     (root / f"etc/systemd/system/{PLAIN}.service").write_text(unit("/usr/bin/sleep"))
     (root / "etc/systemd/system/aafs-op@.service").write_text(OP_UNIT)
+    (root / f"etc/systemd/system/{LOAD_PROFILE}.service").write_text(LOAD_PROFILE_UNIT)
+    assert machine.add_disk("lvm", 64) == "/dev/vdc"
     ops = root / OPS_DIR.lstrip("/")
     ops.mkdir(parents=True)
     for name, command in PROTECTED.items():
@@ -306,7 +343,8 @@ def hardened(request, built_deb, tmp_path_factory) -> vm.Machine:
     (ops / "autoload").write_text(AUTOLOAD + "\n")
     (ops / "login_as_user").write_text(LOGIN_AS_USER)
     (ops / "modprobe-label.conf").write_text(MODPROBE_LABEL_CONF)
-    machine.chroot_run(["systemctl", "enable", f"{OWN}.service", f"{NNP}.service", f"{PLAIN}.service"])
+    machine.chroot_run(["systemctl", "enable", f"{OWN}.service", f"{NNP}.service", f"{PLAIN}.service",
+                        f"{LOAD_PROFILE}.service"])
     machine.chroot_run(["sh", "-c", ("mkdir -p -m 700 /root/.ssh && ssh-keygen -q -t ed25519 -N '' -f /root/.ssh/id_ed25519"
                                      " && cp /root/.ssh/id_ed25519.pub /root/.ssh/authorized_keys")])
     machine.chroot_run(["sh", "-c", f"useradd -m -s /bin/bash {USER} && install -d -o {USER} -g {USER} -m 700"
@@ -425,7 +463,7 @@ cat /run/level.log
 def test_hardened_enforced_refuses_services_and_keeps_the_admin(hardened):
     machine = hardened
     b = boot(machine, DENIED_AT_START + REPORT + LABELS + run_ops("service", PROTECTED) + run_ops("admin", PROTECTED)
-             + KERNEL_HELPER + USER_SESSION + DENIALS + STATUS + WITHOUT_JOURNAL + REINSTALL_KERNEL)
+             + KERNEL_HELPER + USER_SESSION + PROFILE_LOADED + MAKE_LVM + DENIALS + STATUS + WITHOUT_JOURNAL + REINSTALL_KERNEL)
     v = b.values
     assert v["pid1"] == f"{PROFILE} (enforce)", where(b)
     assert v["record.level"] == "hardened" and v["record.loaded_stage"] == "full", where(b)
@@ -465,6 +503,10 @@ def test_hardened_enforced_refuses_services_and_keeps_the_admin(hardened):
     # The kernel's own modprobe, started by a service's socket(2), runs in
     # the kernel's role, and status names what it left running.
     assert v["modprobe_label"] == f"{PROFILE}-kernel (enforce)", where(b)
+    # A service that loads a profile of its own did; the administrator made
+    # a volume group on the second disk for the next boots.
+    assert v["load_profile"] == "success", where(b)
+    assert v["lvm_created"] == "0", where(b)
     for name in (OWN, NNP):
         # Its own profile (complain), stacked on init's and the service role.
         assert v[f"{name}.active"] == "active", where(b)
@@ -531,13 +573,19 @@ def test_hardened_enforced_refuses_services_and_keeps_the_admin(hardened):
     # then unattended-upgrades, started by PID 1, upgrades a package whose
     # postinst runs update-initramfs; then back to the standard level.
     # Denials counted after the upgrade: package management refused nothing.
-    b = boot(machine, DENIED_AT_START + REPORT + UNATTENDED_UPGRADE + DENIALS + LEVEL_STANDARD)
+    b = boot(machine, DENIED_AT_START + REPORT + LVM_AT_BOOT + PROFILE_LOADED + UNATTENDED_UPGRADE + DENIALS
+             + LEVEL_STANDARD)
     v = b.values
     assert v["initrd_before_uu"] == machine.boots[0].values["initrd_after"], where(b)
     assert v["pid1"] == f"{PROFILE} (enforce)" and v["record.level"] == "hardened", where(b)
     runs_cleanly(b)
     # The whole policy, the roles with it, precompiled and loaded before PID 1.
     assert v["record.early"] == "cache", where(b)
+    # The logical volume is active, lvm2's monitor ran, the service loaded
+    # its profile, and the standard boot refused nothing.
+    assert v["lvm_active"] == "active", where(b)
+    assert v["lvm_monitor"] == "success", where(b)
+    assert v["load_profile"] == "success", where(b)
     assert v["denied_at_start"] == "0", where(b)
     assert v["apt_update_exit"] == "0", where(b)
     assert v["uu_service"] == "success", where(b)

@@ -421,6 +421,9 @@ class Machine:
         self.image = self.workdir / "disk.img"
         self.transcript: list[subprocess.CompletedProcess] = []
         self.boots: list[Boot] = []
+        # Blank disks attached after the script disk (/dev/vdc, ...), kept
+        # from boot to boot: add_disk().
+        self.extra_disks: list[Path] = []
         self._apt_updated = False
         self._attempts = 0
         self.vcpus = VCPUS
@@ -553,6 +556,14 @@ class Machine:
 
     # -- booting ------------------------------------------------------------
 
+    def add_disk(self, name: str, megabytes: int) -> str:
+        """A blank disk for every boot from now on; its guest device (/dev/vdc first)."""
+        disk = self.workdir / f"{name}.img"
+        with open(disk, "wb") as f:
+            f.truncate(megabytes * 1024 * 1024)     # sparse
+        self.extra_disks.append(disk)
+        return f"/dev/vd{chr(ord('c') + len(self.extra_disks) - 1)}"
+
     def boot(self, append: str = "", script: str = "",
              timeout: int = 240) -> Boot:
         """Boot the guest, run script at multi-user.target, power off.
@@ -582,6 +593,7 @@ class Machine:
                            " ".join(filter(None, ("root=/dev/vda rw", harness, append)))) + [
             "-drive", f"file={self.image},if=virtio,format=raw",
             "-drive", f"file={script_img},if=virtio,format=raw,readonly=on",
+            *(arg for disk in self.extra_disks for arg in ("-drive", f"file={disk},if=virtio,format=raw")),
         ]
         (bootdir / "qemu-cmdline").write_text(" ".join(cmd) + "\n")
 
