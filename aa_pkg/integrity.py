@@ -15,8 +15,8 @@ AppArmor labels programs, not files, so the rule is written as paths:
   (systemd.exec(5)), for every service at once and with /opt and /root.
 - Inside the data trees, the few places that a program with power reads
   as instructions are taken back one by one (INSTRUCTIONS below, each with
-  its reader and the man page that says so), and so are the kernel's
-  settings in /proc and /sys and the raw devices (KERNEL).
+  its reader and the man page that says so); the kernel's settings in
+  /proc and /sys and the raw devices are the role template's own rules.
 - The directories above each of those are not renamed, removed or
   re-created by a service: AppArmor checks a rename against the names of
   the object renamed, not of what is inside it (security/apparmor/lsm.c,
