@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 try:                    # tests/ imported as a package
@@ -50,15 +50,17 @@ umount -R "$initramfs/proc" "$initramfs/sys" "$initramfs/dev" "$initramfs/run"
 # process table is printed as "proc|PID|PPID|COMM|START|LABEL" (labels contain
 # spaces), START being proc(5)'s starttime in clock ticks since boot: the
 # 20th field after the command's ")" in /proc/PID/stat.
-REPORT = rf"""
+def report(record: str = RECORD) -> str:
+    """REPORT, for a package (a site variant) whose boot record is record."""
+    return rf"""
 echo "@@ pid1=$(cat /proc/1/attr/current 2>&1)"
 echo "@@ clk_tck=$(getconf CLK_TCK)"
 echo "@@ aa_enabled=$(cat /sys/module/apparmor/parameters/enabled 2>&1)"
 echo "@@ script_shell=$(cat /proc/$$/attr/current 2>&1)"
-if [ -e {RECORD} ]; then
-    echo "--- {RECORD}"
-    cat {RECORD}
-    sed 's/^/@@ record./' {RECORD}
+if [ -e {record} ]; then
+    echo "--- {record}"
+    cat {record}
+    sed 's/^/@@ record./' {record}
 else
     echo "@@ record=absent"
 fi
@@ -90,6 +92,9 @@ else
 fi
 echo "@@ apparmor_service=$(systemctl is-active apparmor.service)"
 """
+
+
+REPORT = report()
 
 # count KEY FILE PROOF GREP-ARGS...: "@@ KEY=N", N the lines of FILE that
 # grep GREP-ARGS matches; "@@ KEY=unread" when FILE lacks PROOF, a line
@@ -136,9 +141,23 @@ else
 fi
 """
 
-# Turns off the kernel's printk rate limit from early boot (systemd-sysctl),
-# so that no audit record is dropped from dmesg while we count denials.
-NO_PRINTK_RATELIMIT = "kernel.printk_ratelimit = 0\n"
+
+
+def count_every_denial(root: Path) -> None:
+    """Turn off the kernel's printk rate limit from early boot (sysctl.d,
+    read by systemd-sysctl or procps' init script), so that no audit record
+    is dropped from dmesg while we count denials."""
+    (root / "etc/sysctl.d/10-aafs-test-no-printk-ratelimit.conf").write_text("kernel.printk_ratelimit = 0\n")
+
+
+def probe_is_admin(root: Path) -> None:
+    """Put the harness's probe (tests/vm.py), itself a service, in the
+    admin's role, as the console would be (a site addition the README
+    documents): at the hardened level a service may neither read its script
+    from the raw disk nor turn the console's log level down."""
+    (root / "etc/apparmor.d/local" / PROFILE).write_text(
+        "# The test harness's probe is the console's administrator (tests/guest.py).\n"
+        f"/usr/local/sbin/vm-probe Px -> {PROFILE}-admin,\n")
 
 
 # `apt-get purge` of the package, from inside the guest.
@@ -310,6 +329,49 @@ def new_machine(suite: str, workdir: Path, deb: Path) -> vm.Machine:
     machine = vm.Machine.create(suite, workdir)
     machine.install_debs([deb])
     return machine
+
+
+def newc(files: dict[str, bytes]) -> bytes:
+    """A cpio archive in the "newc" format the kernel unpacks: each path
+    (relative, under the initramfs's root) a regular file of mode 0755 with
+    the given contents, after an entry for each directory above it.
+
+    The format is Documentation/driver-api/early-userspace/buffer-format.rst:
+    a 110-byte ASCII header ("070701" and 13 eight-digit hex fields), the
+    name with its NUL, the data, each padded to 4 bytes; "TRAILER!!!" ends it.
+    A directory entry over a symlink would replace the link (clean_path in
+    init/initramfs.c): name paths whose directories are real ones, as
+    usr/lib/... and scripts/... are.
+    """
+    out = bytearray()
+
+    def entry(name: str, mode: int, data: bytes = b"") -> None:
+        encoded = name.encode() + b"\0"
+        fields = (len(out) // 4 + 1, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(encoded), 0)
+        out.extend(b"070701" + b"".join(b"%08X" % value for value in fields) + encoded)
+        out.extend(b"\0" * (-len(out) % 4))
+        out.extend(data)
+        out.extend(b"\0" * (-len(out) % 4))
+
+    directories = sorted({str(parent) for path in files for parent in PurePosixPath(path).parents} - {"."})
+    for directory in directories:
+        entry(directory, 0o040755)
+    for path, data in files.items():
+        entry(path, 0o100755, data)
+    entry("TRAILER!!!", 0)
+    return bytes(out)
+
+
+def initrd_with(initrd: bytes, files: dict[str, bytes]) -> bytes:
+    """initrd with files put on top of it, for one boot (vm.Machine.boot's initrd).
+
+    The kernel unpacks an initramfs archive after archive, compressed or
+    not, each one over what the earlier ones left: a file of the same type
+    is opened with O_TRUNC and rewritten (init/initramfs.c, do_name). An
+    archive must begin 4-byte aligned, and zeros between archives are
+    skipped (unpack_to_rootfs), so the appended one is padded to 512.
+    """
+    return initrd + b"\0" * (-len(initrd) % 512) + newc(files)
 
 
 def initramfs_file(machine: vm.Machine, name: str, under: str = INITRAMFS_DIR) -> bytes:

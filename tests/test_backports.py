@@ -27,12 +27,12 @@ import pytest
 
 try:                    # tests/ imported as a package
     from . import vm
-    from .guest import (COUNT, DENIALS, KERNEL_FIRST_LINE, NO_PRINTK_RATELIMIT, PROFILE, REPORT, drop_stale_root,
-                        runs_cleanly, unconfined_since_init, where)
+    from .guest import (COUNT, DENIALS, KERNEL_FIRST_LINE, PROFILE, REPORT, count_every_denial,
+                        drop_stale_root, probe_is_admin, runs_cleanly, unconfined_since_init, where)
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
-    from guest import (COUNT, DENIALS, KERNEL_FIRST_LINE, NO_PRINTK_RATELIMIT, PROFILE, REPORT, drop_stale_root,
-                       runs_cleanly, unconfined_since_init, where)
+    from guest import (COUNT, DENIALS, KERNEL_FIRST_LINE, PROFILE, REPORT, count_every_denial,
+                       drop_stale_root, probe_is_admin, runs_cleanly, unconfined_since_init, where)
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -88,10 +88,8 @@ def backports(built_deb, tmp_path_factory) -> vm.Machine:
     machine.chroot_run(["apt-get", "install", "-y", "--no-install-recommends", "dbus", "libpam-systemd"])
     machine.install_debs([built_deb])
     root = machine.root
-    (root / "etc/sysctl.d/10-aafs-test-no-printk-ratelimit.conf").write_text(NO_PRINTK_RATELIMIT)
-    (root / "etc/apparmor.d/local" / PROFILE).write_text(
-        "# The test harness's probe is the console's administrator (tests/test_backports.py).\n"
-        f"/usr/local/sbin/vm-probe Px -> {ADMIN},\n")
+    count_every_denial(root)
+    probe_is_admin(root)
     for name, command in SERVICE_COMMANDS.items():
         (root / f"etc/systemd/system/aafs-{name}.service").write_text(ONESHOT.format(name=name, command=command))
     for command in (["stage", "full"], ["mode", "enforce"], ["early", "all"], ["level", "hardened"]):

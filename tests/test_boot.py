@@ -14,14 +14,23 @@ machine "stub" (module fixture, one per suite; default stage stub/complain)
     boot 3  aa_fullsystem=off
 machine "broken" (stage full, complain)
     a profile that does not compile is refused by `aa-fullsystem stage` and
-    by update-initramfs, which keeps the previous initramfs; the boot that
-    follows still confines PID 1 with the full profile it had
+    by update-initramfs, which keeps the previous initramfs, or for a kernel
+    without one (a new kernel) builds one without init's full profile
+    boot 1  PID 1 still confined with the full profile it had
+    boot 2  the new kernel's initramfs: the stub, and the record says why
 machine "enforce" (stage full, mode enforce)
     boot 1  PID 1 in enforce mode and not one apparmor="DENIED" line
     boots 2-4  apparmor.service masked, so the kernel shows what the
             initramfs alone loaded: the full profile and its roles,
             enforced; with aa_fullsystem=stub the stub alone; with
             aa_fullsystem=complain the full profile in complain mode
+    boots 5-7  the boot script's fallbacks, each caused by files put on top
+            of the initrd: a full profile the parser refuses (the stub, and
+            of two site profiles the one that loads), the stub refused too
+            (PID 1 unconfined), no securityfs (PID 1 unconfined); the boot
+            goes on and the record says why
+machine "variant" (trixie: a site variant declaring full and enforce)
+    boot 1  PID 1 under the variant's profile, enforced from the initramfs
 
 The chroot preparation happens before a machine's first boot: after it the
 disk image is the machine and the chroot is gone (see tests/vm.py).
@@ -37,14 +46,14 @@ import pytest
 
 try:                    # tests/ imported as a package
     from . import vm
-    from .guest import (DENIALS, FULL_PROFILE, INITRAMFS_DIR, LAST_GOOD, NO_PRINTK_RATELIMIT, PROFILE,
-                        REPORT, STATE, chroot_text, drop_stale_root, initramfs_file, lsinitramfs,
-                        new_machine, processes, runs_cleanly, sha256, unconfined_since_init, where)
+    from .guest import (DENIALS, FULL_PROFILE, INITRAMFS_DIR, LAST_GOOD, PROFILE, REPORT, STATE, chroot_text,
+                        count_every_denial, drop_stale_root, initramfs_file, initrd_with, lsinitramfs,
+                        new_machine, processes, report, runs_cleanly, sha256, unconfined_since_init, where)
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
-    from guest import (DENIALS, FULL_PROFILE, INITRAMFS_DIR, LAST_GOOD, NO_PRINTK_RATELIMIT, PROFILE,
-                       REPORT, STATE, chroot_text, drop_stale_root, initramfs_file, lsinitramfs,
-                       new_machine, processes, runs_cleanly, sha256, unconfined_since_init, where)
+    from guest import (DENIALS, FULL_PROFILE, INITRAMFS_DIR, LAST_GOOD, PROFILE, REPORT, STATE, chroot_text,
+                       count_every_denial, drop_stale_root, initramfs_file, initrd_with, lsinitramfs,
+                       new_machine, processes, report, runs_cleanly, sha256, unconfined_since_init, where)
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -336,6 +345,20 @@ def test_broken_policy_is_refused_and_boot_keeps_what_it_had(suite, built_deb, t
     leftovers = [p.name for p in (machine.root / "boot").iterdir()
                  if p.name.startswith("initrd.img") and p.name != initrd.rsplit("/", 1)[1]]
     assert not leftovers, leftovers
+    # ... but a kernel without one yet (a new kernel) gets one without init's
+    # full profile, booted below.
+    version = initrd.rsplit("initrd.img-", 1)[1]
+    machine.chroot_run(["mv", initrd, "/root/initrd.saved"])
+    create = machine.chroot_run(["update-initramfs", "-c", "-k", version], check=False)
+    print(f"--- {suite}: update-initramfs -c for a kernel without an initramfs, no last good copy\n{create.stdout}")
+    assert create.returncode == 0, chroot_text(create)
+    assert f"{version} has no initramfs yet: it gets one without init-full" in create.stdout, chroot_text(create)
+    new_kernel_listing = lsinitramfs(machine)
+    assert f"{INITRAMFS_DIR}/init-stub" in new_kernel_listing, new_kernel_listing
+    assert f"{INITRAMFS_DIR}/init-full" not in new_kernel_listing, new_kernel_listing
+    new_kernel_initrd = machine.read_file(initrd)
+    machine.chroot_run(["mv", "/root/initrd.saved", initrd])
+    assert sha256(machine, initrd) == initrd_sha
     machine.chroot_run(["mv", f"{LAST_GOOD}.saved", LAST_GOOD])
 
     # Boot with the broken profile still in /etc: apparmor.service cannot load
@@ -354,6 +377,23 @@ def test_broken_policy_is_refused_and_boot_keeps_what_it_had(suite, built_deb, t
     assert "policy does NOT compile" in boot.output, where(boot)
     assert not unconfined_since_init(boot), where(boot)
 
+    # The new kernel's initramfs, without init's full profile: the stub
+    # (apparmor.service masked, so the kernel holds what the initramfs
+    # loaded), and the record and status say what was left out and why.
+    boot = machine.boot(script=REPORT + LOADED_PROFILES, append="systemd.mask=apparmor.service",
+                        initrd=new_kernel_initrd)
+    v = boot.values
+    print(f"--- {suite}: a new kernel's initramfs without init's full profile\n{boot.output}")
+    assert boot.reached_multi_user and v["apparmor_service"] == "inactive", where(boot)
+    # An initramfs that ships only the stub while its state says full: the
+    # check that reads the stage from the kernel says stub.
+    assert v["pid1"] == f"{PROFILE} (complain)" and kernel_holds(boot) == ("stub", "complain"), where(boot)
+    assert v["record.outcome"] == "fallback", where(boot)
+    assert v["record.configured_stage"] == "full" and v["record.loaded_stage"] == "stub", where(boot)
+    assert v["record.reason"] == "the full profile is not in this initramfs; loaded the stub instead", where(boot)
+    assert v["record.left_out"] == "init-full", where(boot)
+    assert "goes without init-full" in boot.output, where(boot)
+
 
 # ---------------------------------------------------------------------------
 # The full profile, enforced.
@@ -363,10 +403,36 @@ def _kernel_before_6_2(release: str) -> bool:
     return bool(m) and (int(m.group(1)), int(m.group(2))) < (6, 2)
 
 
+# What the boot script's fallbacks are shown with: a file the parser
+# refuses, and two site profiles in policy.d, one of which loads.
+UNLOADABLE = b"# tests/test_boot.py: no profile\nthis is not a profile,\n"
+SITE_GOOD = "aafs-test-site-good"
+SITE_BAD = "aafs-test-site-bad"
+SITE_GOOD_PROFILE = f"""abi <abi/apparmor-fullsystem>,
+# tests/test_boot.py: a site profile that loads (it attaches to no program).
+# Its ABI is the one init's profiles name, which every initramfs of ours
+# holds (a site profile's is copied in by the hook, copy_abis).
+profile {SITE_GOOD} /usr/local/bin/{SITE_GOOD} {{
+}}
+""".encode()
+
 # The profiles in the kernel, "NAME (MODE)" joined by commas.
 LOADED_PROFILES = r"""
 echo "@@ loaded_profiles=$(paste -s -d , /sys/kernel/security/apparmor/profiles)"
 """
+
+
+def kernel_holds(boot: vm.Boot, profile: str = PROFILE) -> tuple[str, str]:
+    """The stage and mode of init's policy in the kernel (LOADED_PROFILES),
+    not in any record: ("full", MODE) when the roles only the full
+    profile's file defines are loaded beside init's profile, ("stub", MODE)
+    when init's profile is alone, ("none", "") without it. With
+    apparmor.service masked this is what the initramfs loaded."""
+    loaded = boot.values["loaded_profiles"].split(",")
+    modes = [name[len(profile) + 2:-1] for name in loaded if name.startswith(f"{profile} (")]
+    if not modes:
+        return "none", ""
+    return ("full" if f"{profile}-system ({modes[0]})" in loaded else "stub"), modes[0]
 
 
 @pytest.mark.parametrize("suite", vm.SUITES)
@@ -374,12 +440,13 @@ def test_full_profile_enforced_denies_nothing(suite, built_deb, tmp_path):
     """5. stage full + mode enforce: PID 1 enforced from the initramfs, zero DENIED lines; then
     what the initramfs loads by itself, normally and with each escape hatch that loads policy."""
     machine = new_machine(suite, tmp_path / "machine", built_deb)
-    (machine.root / "etc/sysctl.d/10-aafs-test-no-printk-ratelimit.conf").write_text(NO_PRINTK_RATELIMIT)
+    count_every_denial(machine.root)
     machine.chroot_run(["aa-fullsystem", "stage", "full"])
     machine.chroot_run(["aa-fullsystem", "mode", "enforce"])
     state = machine.read_file(STATE)
     assert re.search(rb"^STAGE=full$", state, re.M) and re.search(rb"^MODE=enforce$", state, re.M), state
     assert not (machine.root / "etc/apparmor.d/force-complain" / PROFILE).exists()
+    order = initramfs_file(machine, "ORDER", under="scripts/init-bottom").decode()
 
     boot = machine.boot(script=REPORT + DENIALS)
     drop_stale_root(machine)
@@ -412,14 +479,121 @@ def test_full_profile_enforced_denies_nothing(suite, built_deb, tmp_path):
     # masked, so that nothing after the initramfs loads policy. The full
     # stage loads init's profile with the roles its file defines, the stub
     # alone; the escape hatches choose the stub, or complain mode.
-    for hatch, stage, label, roles in (("", "full", "enforce", True),
-                                       ("aa_fullsystem=stub", "stub", "complain", False),
-                                       ("aa_fullsystem=complain", "full", "complain", True)):
+    for hatch, stage, label in (("", "full", "enforce"),
+                                ("aa_fullsystem=stub", "stub", "complain"),
+                                ("aa_fullsystem=complain", "full", "complain")):
         boot = machine.boot(script=REPORT + LOADED_PROFILES, append=f"systemd.mask=apparmor.service {hatch}".strip())
         v = boot.values
         print(f"--- {suite}: apparmor.service masked, {hatch or 'no escape hatch'}\n{boot.output}")
         assert boot.reached_multi_user and v["apparmor_service"] == "inactive", where(boot)
         assert v["pid1"] == f"{PROFILE} ({label})", where(boot)
         assert v["record.loaded_stage"] == stage, where(boot)
-        assert (f"{PROFILE}-system ({label})" in v["loaded_profiles"].split(",")) == roles, where(boot)
-        assert f"{PROFILE} ({label})" in v["loaded_profiles"].split(","), where(boot)
+        assert kernel_holds(boot) == (stage, label), where(boot)
+
+    # The boot script's fallbacks, each caused in the initrd of one boot
+    # (guest.initrd_with puts files on top of the guest's own initrd).
+    initrd = machine.read_file(machine.kernel_paths()[1])
+
+    # A full profile the parser refuses at boot: the stub instead, and of two
+    # site profiles, the one that loads is loaded and the other is skipped.
+    # apparmor.service masked: what the kernel holds is what the initramfs loaded.
+    fell_back = 'echo "@@ fell_back_logged=$(dmesg | grep -c "the full init profile failed to load, falling back")"\n'
+    boot = machine.boot(script=REPORT + LOADED_PROFILES + fell_back, append="systemd.mask=apparmor.service",
+                        initrd=initrd_with(initrd, {f"{INITRAMFS_DIR}/init-full": UNLOADABLE,
+                                                    f"{INITRAMFS_DIR}/policy.d/{SITE_GOOD}": SITE_GOOD_PROFILE,
+                                                    f"{INITRAMFS_DIR}/policy.d/{SITE_BAD}": UNLOADABLE}))
+    v = boot.values
+    print(f"--- {suite}: the full profile and one site profile fail to load\n{boot.output}")
+    assert boot.reached_multi_user, where(boot)
+    # The state says full; the kernel's answer is the stub.
+    assert v["pid1"] == f"{PROFILE} (complain)" and kernel_holds(boot) == ("stub", "complain"), where(boot)
+    assert f"{SITE_GOOD} (enforce)" in v["loaded_profiles"].split(","), where(boot)
+    assert v["record.outcome"] == "fallback", where(boot)
+    assert v["record.configured_stage"] == "full" and v["record.loaded_stage"] == "stub", where(boot)
+    assert v["record.reason"] == ("the full profile failed to load; loaded the stub instead; "
+                                  f"site profile {SITE_BAD} failed to load"), where(boot)
+    assert v["record.failed_profiles"] == SITE_BAD, where(boot)
+    assert SITE_GOOD in v["record.profiles"].split(), where(boot)
+    assert v["fell_back_logged"] == "1", where(boot)
+
+    # The stub fails too: init runs unconfined, the boot goes on, and the
+    # record and status say so. (apparmor.service loads the policy later,
+    # which changes no running task's label: the kernel labels at exec.)
+    boot = machine.boot(script=REPORT, initrd=initrd_with(initrd, {f"{INITRAMFS_DIR}/init-full": UNLOADABLE,
+                                                                   f"{INITRAMFS_DIR}/init-stub": UNLOADABLE}))
+    v = boot.values
+    print(f"--- {suite}: neither init profile loads\n{boot.output}")
+    assert boot.reached_multi_user and v["apparmor_service"] == "active", where(boot)
+    assert v["pid1"] == "unconfined", where(boot)
+    assert v["record.outcome"] == "failed" and v["record.loaded_stage"] == "none", where(boot)
+    assert v["record.reason"].startswith("the stub failed to load too, init runs unconfined: "), where(boot)
+    assert "PID 1 is NOT confined" in boot.output, where(boot)
+
+    # No securityfs: /sys/kernel covered by an empty read-only tmpfs around
+    # our script (init-bottom's ORDER is what /init sources to run it), so
+    # the script cannot mount securityfs on /sys/kernel/security.
+    ours = '/scripts/init-bottom/apparmor-fullsystem "$@"\n'
+    assert ours in order, order
+    no_securityfs = order.replace(ours, "mount -t tmpfs -o ro,size=4k aafs-test /sys/kernel\n" + ours
+                                  + "umount /sys/kernel\n")
+    boot = machine.boot(script=REPORT, initrd=initrd_with(initrd, {"scripts/init-bottom/ORDER": no_securityfs.encode()}))
+    v = boot.values
+    print(f"--- {suite}: no securityfs in the initramfs\n{boot.output}")
+    assert boot.reached_multi_user and v["apparmor_service"] == "active", where(boot)
+    assert v["pid1"] == "unconfined", where(boot)
+    assert v["record.outcome"] == "failed" and v["record.loaded_stage"] == "none", where(boot)
+    assert v["record.reason"] == ("cannot mount securityfs on /sys/kernel/security: "
+                                  "booting without full-system policy"), where(boot)
+    assert "PID 1 is NOT confined" in boot.output, where(boot)
+
+
+# ---------------------------------------------------------------------------
+# A site variant: another package name and profile name, starting enforced.
+
+VARIANT = "apparmor-fullsystem-acme"
+VARIANT_PROFILE = "acme-init"
+VARIANT_CONFIG = f"""
+[package]
+name = "{VARIANT}"
+version = "0.1+acme1"
+changelog = "ACME build: full stage, enforced, from the first boot."
+[policy]
+stage = "full"
+mode = "enforce"
+profile_name = "{VARIANT_PROFILE}"
+"""
+VARIANT_SUITE = "trixie"    # what a variant changes is the same on every suite
+
+
+def test_site_variant_starts_in_the_state_it_declares(tmp_path):
+    """6. A site variant installed by apt boots in the stage and mode it declares, under its own names."""
+    from aa_pkg.build import build
+    from aa_pkg.config import load_config
+
+    vm.require_tools("dpkg-buildpackage", "dh", "dh_apparmor", "apparmor_parser")
+    config = tmp_path / "site.toml"
+    config.write_text(VARIANT_CONFIG)
+    deb = build(load_config(config), tmp_path / "out")
+    machine = new_machine(VARIANT_SUITE, tmp_path / "machine", deb)
+    count_every_denial(machine.root)
+    state = machine.read_file(f"/etc/{VARIANT}/state")
+    assert re.search(rb"^STAGE=full$", state, re.M) and re.search(rb"^MODE=enforce$", state, re.M), state
+    assert f"usr/lib/{VARIANT}/init-full" in lsinitramfs(machine)
+
+    # apparmor.service masked: the kernel holds what the initramfs loaded.
+    boot = machine.boot(script=report(f"/run/{VARIANT}/boot") + DENIALS + LOADED_PROFILES,
+                        append="systemd.mask=apparmor.service")
+    drop_stale_root(machine)
+    v = boot.values
+    print(f"--- {VARIANT} on {VARIANT_SUITE}\n{boot.output}")
+    assert boot.reached_multi_user, where(boot)
+    assert v["pid1"] == f"{VARIANT_PROFILE} (enforce)", where(boot)
+    assert kernel_holds(boot, VARIANT_PROFILE) == ("full", "enforce"), where(boot)
+    assert kernel_holds(boot) == ("none", ""), where(boot)    # no default name anywhere
+    assert v["record.outcome"] == "loaded", where(boot)
+    assert v["record.loaded_stage"] == "full" and v["record.mode"] == "enforce", where(boot)
+    assert v["record.init_attach"] == "yes", where(boot)
+    assert "PID 1 is confined" in boot.output and v["status_exit"] == "0", where(boot)
+    assert not unconfined_since_init(boot), where(boot)
+    runs_cleanly(boot)
+    assert v["suppressed_dmesg"] == "0" and v["denied_dmesg"] == "0", where(boot)

@@ -30,12 +30,14 @@ import pytest
 
 try:                    # tests/ imported as a package
     from . import vm
-    from .guest import (DENIALS, FULL_PROFILE, NO_PRINTK_RATELIMIT, PROFILE, REPORT, drop_stale_root, new_machine,
-                        add_profiled_services, runs_cleanly, unconfined_since_init, where)
+    from .guest import (DENIALS, FULL_PROFILE, PROFILE, REPORT, add_profiled_services, count_every_denial,
+                        drop_stale_root, new_machine, probe_is_admin, runs_cleanly, unconfined_since_init,
+                        where)
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
-    from guest import (DENIALS, FULL_PROFILE, NO_PRINTK_RATELIMIT, PROFILE, REPORT, drop_stale_root, new_machine,
-                       add_profiled_services, runs_cleanly, unconfined_since_init, where)
+    from guest import (DENIALS, FULL_PROFILE, PROFILE, REPORT, add_profiled_services, count_every_denial,
+                       drop_stale_root, new_machine, probe_is_admin, runs_cleanly, unconfined_since_init,
+                       where)
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -74,10 +76,8 @@ cat /run/update.log
 def forky(built_deb, tmp_path_factory) -> vm.Machine:
     machine = new_machine(vm.TESTING, tmp_path_factory.mktemp("forky") / "machine", built_deb)
     root = machine.root
-    (root / "etc/sysctl.d/10-aafs-test-no-printk-ratelimit.conf").write_text(NO_PRINTK_RATELIMIT)
-    (root / "etc/apparmor.d/local" / PROFILE).write_text(
-        "# The test harness's probe is the console's administrator (tests/test_forky.py).\n"
-        f"/usr/local/sbin/vm-probe Px -> {ADMIN},\n")
+    count_every_denial(root)
+    probe_is_admin(root)
     add_profiled_services(root, {OWN: False, NNP: True})
     machine.chroot_run(["systemctl", "enable", f"{OWN}.service", f"{NNP}.service"])
     return machine

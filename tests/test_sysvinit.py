@@ -24,12 +24,12 @@ import pytest
 
 try:                    # tests/ imported as a package
     from . import vm
-    from .guest import (DENIALS, NO_PRINTK_RATELIMIT, PROFILE, PURGE, RECORD, REPORT,
-                        drop_stale_root, leftovers, unconfined_since_init, where)
+    from .guest import (DENIALS, PROFILE, PURGE, RECORD, REPORT, count_every_denial, drop_stale_root,
+                        leftovers, unconfined_since_init, where)
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
-    from guest import (DENIALS, NO_PRINTK_RATELIMIT, PROFILE, PURGE, RECORD, REPORT,
-                       drop_stale_root, leftovers, unconfined_since_init, where)
+    from guest import (DENIALS, PROFILE, PURGE, RECORD, REPORT, count_every_denial, drop_stale_root,
+                       leftovers, unconfined_since_init, where)
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -88,7 +88,7 @@ def test_sysvinit_pid1_confined_and_the_other_profiles_load(built_deb, tmp_path)
     root = machine.root
     shutil.copy2(root / "usr/bin/sleep", root / OWN_BIN.lstrip("/"))
     (root / "etc/apparmor.d" / OWN).write_text(OWN_PROFILE)
-    (root / "etc/sysctl.d/99-aafs-test-printk.conf").write_text(NO_PRINTK_RATELIMIT)
+    count_every_denial(root)
     install = machine.install_debs([built_deb])
     print(f"--- apt-get install our package\n{install.stdout[-3000:]}")
     # update-rc.d put our script after apparmor's, in rcS (insserv orders by the LSB headers).

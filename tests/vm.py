@@ -565,11 +565,13 @@ class Machine:
         return f"/dev/vd{chr(ord('c') + len(self.extra_disks) - 1)}"
 
     def boot(self, append: str = "", script: str = "",
-             timeout: int = 240) -> Boot:
+             timeout: int = 240, initrd: bytes | None = None) -> Boot:
         """Boot the guest, run script at multi-user.target, power off.
 
-        Raises BootError (with the serial log's tail and path) if the probe
-        did not finish within timeout seconds.
+        initrd, if given, is booted instead of the guest's own (a fault
+        injected on top of it: guest.initrd_with). Raises BootError (with
+        the serial log's tail and path) if the probe did not finish within
+        timeout seconds.
         """
         self._attempts += 1
         bootdir = self.workdir / f"boot-{self._attempts}"
@@ -578,9 +580,10 @@ class Machine:
             self._make_image()
 
         # The guest may have regenerated its initrd: take both from the disk.
-        kernel, initrd = bootdir / "vmlinuz", bootdir / "initrd.img"
-        for guest_path, host_path in zip(self.kernel_paths(), (kernel, initrd)):
-            host_path.write_bytes(self.read_file(guest_path))
+        kernel_path, initrd_path = self.kernel_paths()
+        kernel, initrd_file = bootdir / "vmlinuz", bootdir / "initrd.img"
+        kernel.write_bytes(self.read_file(kernel_path))
+        initrd_file.write_bytes(self.read_file(initrd_path) if initrd is None else initrd)
 
         # The script disk: text padded with NULs to whole 512-byte sectors.
         data = script.encode()
@@ -589,7 +592,7 @@ class Machine:
 
         log_path = bootdir / "serial.log"
         harness = "" if self.randomize_addresses else NO_ADDRESS_RANDOMIZATION
-        cmd = qemu_command(kernel, initrd, log_path, self.vcpus,
+        cmd = qemu_command(kernel, initrd_file, log_path, self.vcpus,
                            " ".join(filter(None, ("root=/dev/vda rw", harness, append)))) + [
             "-drive", f"file={self.image},if=virtio,format=raw",
             "-drive", f"file={script_img},if=virtio,format=raw,readonly=on",
