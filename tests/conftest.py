@@ -143,26 +143,50 @@ SITE_PROBE_PATH = "/usr/local/bin/aafs-site-probe"
 SITE_PROBE_FILE = "usr.local.bin.aafs-site-probe"  # in /usr/share/apparmor-fullsystem/policy.d/
 
 
-@pytest.fixture(scope="session")
-def site_policy_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`aa-pkg build` of a [site_policy] config: SITE_PROBE_PACKAGE 1.0, for apparmor-fullsystem."""
+def _site_policy_probe(work: Path, version: str, profiles: dict[str, str]) -> Path:
+    """`aa-pkg build` of a [site_policy] config: SITE_PROBE_PACKAGE at version, shipping profiles."""
     from aa_pkg.build import build_packages
 
     vm.require_tools("dpkg-buildpackage", "dh", "apparmor_parser")
-    work = tmp_path_factory.mktemp("site-policy-probe")
     (work / "profiles").mkdir()
-    (work / "profiles" / SITE_PROBE_FILE).write_text(f"""abi <abi/3.0>,
-include <tunables/global>
-
-profile {SITE_PROBE_PROFILE} {SITE_PROBE_PATH} flags=(complain) {{
-  include <abstractions/base>
-  {SITE_PROBE_PATH} mr,
-}}
-""")
+    for name, text in profiles.items():
+        (work / "profiles" / name).write_text(text)
     config = work / "policy.toml"
-    config.write_text(f'[site_policy]\npackage = "{SITE_PROBE_PACKAGE}"\nversion = "1.0"\nprofiles = "profiles"\n')
+    config.write_text(f'[site_policy]\npackage = "{SITE_PROBE_PACKAGE}"\nversion = "{version}"\nprofiles = "profiles"\n')
     (deb,) = build_packages(load_config(config), work / "out")
     return deb
+
+
+def _site_probe_profile(name: str, path: str) -> str:
+    return f"""abi <abi/3.0>,
+include <tunables/global>
+
+profile {name} {path} flags=(complain) {{
+  include <abstractions/base>
+  {path} mr,
+}}
+"""
+
+
+@pytest.fixture(scope="session")
+def site_policy_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SITE_PROBE_PACKAGE 1.0, for apparmor-fullsystem: one profile."""
+    return _site_policy_probe(tmp_path_factory.mktemp("site-policy-probe"), "1.0",
+                              {SITE_PROBE_FILE: _site_probe_profile(SITE_PROBE_PROFILE, SITE_PROBE_PATH)})
+
+
+# What the upgrade of the site policy package to 1.1 adds: a second
+# profile, in a file of its own.
+SITE_PROBE_PROFILE_2 = "aafs-site-probe-2"
+SITE_PROBE_FILE_2 = "usr.local.bin.aafs-site-probe-2"
+
+
+@pytest.fixture(scope="session")
+def site_policy_deb_1_1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SITE_PROBE_PACKAGE 1.1: 1.0's profile and SITE_PROBE_PROFILE_2."""
+    return _site_policy_probe(tmp_path_factory.mktemp("site-policy-probe-1.1"), "1.1", {
+        SITE_PROBE_FILE: _site_probe_profile(SITE_PROBE_PROFILE, SITE_PROBE_PATH),
+        SITE_PROBE_FILE_2: _site_probe_profile(SITE_PROBE_PROFILE_2, f"/usr/local/bin/{SITE_PROBE_PROFILE_2}")})
 
 
 # Seconds spent in each test module (setup, call and teardown of its tests,

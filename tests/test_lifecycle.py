@@ -5,14 +5,20 @@ running guest, the way an admin takes it, and checked after the next boot:
 
   boot 1  fresh install: stub, complain           -> aa-fullsystem stage full
   boot 2  full profile from the initramfs          -> mode enforce; install a
-                                                      site-policy package
+                                                      site-policy package (1.0)
   boot 3  enforce, zero DENIED, site profile
-          loaded before PID 1                      -> upgrade to 0.2
-  boot 4  0.2 keeps stage and mode                 -> upgrade to 0.3, whose
+          loaded before PID 1                      -> upgrade to 0.2; upgrade
+                                                      the site policy to 1.1
+                                                      (a second profile)
+  boot 4  0.2 keeps stage and mode, 1.1's new
+          profile loaded before PID 1              -> upgrade to 0.3, whose
                                                       full profile is broken
   boot 5  still enforced under the last good
-          policy, and status says why              -> apt-get purge
-  boot 6  PID 1 unconfined, nothing of ours on disk or in the initramfs
+          policy, and status says why              -> apt-get remove the site
+                                                      policy, then the package
+  boot 6  removed: PID 1 unconfined, nothing of ours in the initramfs or the
+          kernel, the kept full profile disabled  -> apt-get purge: nothing
+                                                      of ours on disk
 """
 
 from __future__ import annotations
@@ -23,14 +29,20 @@ import pytest
 
 try:                    # tests/ imported as a package
     from . import vm
-    from .guest import (COUNT, DENIALS, FULL_PROFILE, INITRAMFS_PROOF, NO_PRINTK_RATELIMIT, PROFILE, REPORT,
+    from .guest import (COUNT, DENIALS, FULL_PROFILE, INITRAMFS_PROOF, PROFILE, REPORT, count_every_denial,
                         drop_stale_root, new_machine, runs_cleanly, unconfined_since_init, where)
+    from .conftest import SITE_PROBE_FILE_2 as SITE_FILE_2
+    from .conftest import SITE_PROBE_PACKAGE as SITE_PACKAGE
+    from .conftest import SITE_PROBE_PROFILE_2 as SITE_PROFILE_2
     from .test_site_policy import PROBE_FILE as SITE_FILE
     from .test_site_policy import PROBE_PROFILE as SITE_PROFILE
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
-    from guest import (COUNT, DENIALS, FULL_PROFILE, INITRAMFS_PROOF, NO_PRINTK_RATELIMIT, PROFILE, REPORT,
+    from guest import (COUNT, DENIALS, FULL_PROFILE, INITRAMFS_PROOF, PROFILE, REPORT, count_every_denial,
                        drop_stale_root, new_machine, runs_cleanly, unconfined_since_init, where)
+    from conftest import SITE_PROBE_FILE_2 as SITE_FILE_2
+    from conftest import SITE_PROBE_PACKAGE as SITE_PACKAGE
+    from conftest import SITE_PROBE_PROFILE_2 as SITE_PROFILE_2
     from test_site_policy import PROBE_FILE as SITE_FILE
     from test_site_policy import PROBE_PROFILE as SITE_PROFILE
 
@@ -45,6 +57,7 @@ FACTS = rf"""
 echo "@@ version=$(dpkg-query -W -f '${{Version}}' {PACKAGE} 2>/dev/null)"
 echo "@@ state=$(grep -v '^#' /etc/{PACKAGE}/state 2>/dev/null | tr '\n' ' ')"
 echo "@@ site_loaded=$(grep -c '^{SITE_PROFILE} ' /sys/kernel/security/apparmor/profiles)"
+echo "@@ site_2_loaded=$(grep -c '^{SITE_PROFILE_2} ' /sys/kernel/security/apparmor/profiles)"
 echo "@@ init_profile_loaded=$(grep -c '^{PROFILE} ' /sys/kernel/security/apparmor/profiles)"
 """
 
@@ -56,6 +69,15 @@ echo "--- {name}: {command}"
 {command} >/root/{name}.log 2>&1
 echo "@@ {name}_exit=$?"
 cat /root/{name}.log
+"""
+
+
+# "@@ KEY=N": how many of our files the running kernel's initramfs lists
+# (unread when the listing lacks the module tree every initramfs has).
+def in_initramfs(key: str) -> str:
+    return COUNT + rf"""
+lsinitramfs /boot/initrd.img-$(uname -r) >/run/aafs-listing.txt 2>&1
+count {key} /run/aafs-listing.txt '{INITRAMFS_PROOF}' -e {PACKAGE} -e {PROFILE}
 """
 
 
@@ -79,13 +101,13 @@ def no_denials(result: vm.Boot) -> None:
 
 
 @pytest.mark.parametrize("suite", vm.SUITES)
-def test_stub_full_enforce_upgrade_broken_upgrade_purge(suite, built_deb, newer_deb, broken_full_deb,
-                                                        site_policy_deb, tmp_path):
+def test_stub_full_enforce_upgrade_broken_upgrade_remove_purge(suite, built_deb, newer_deb, broken_full_deb,
+                                                               site_policy_deb, site_policy_deb_1_1, tmp_path):
     machine = new_machine(suite, tmp_path / "machine", built_deb)
-    (machine.root / "etc/sysctl.d/10-aafs-test-no-printk-ratelimit.conf").write_text(NO_PRINTK_RATELIMIT)
+    count_every_denial(machine.root)
     debs = machine.root / DEBS.lstrip("/")
     debs.mkdir()
-    for deb in (newer_deb, broken_full_deb, site_policy_deb):
+    for deb in (newer_deb, broken_full_deb, site_policy_deb, site_policy_deb_1_1):
         (debs / deb.name).write_bytes(deb.read_bytes())
 
     # Boot 1: what a fresh install gives.
@@ -109,7 +131,8 @@ def test_stub_full_enforce_upgrade_broken_upgrade_purge(suite, built_deb, newer_
 
     # Boot 3: enforced, nothing denied, the site profile loaded by the initramfs
     # (apparmor.service does not read our policy.d: only the initramfs does).
-    b = boot(machine, DENIALS + step("upgrade", f"apt-get install -y {DEBS}/{newer_deb.name}"))
+    b = boot(machine, DENIALS + step("upgrade", f"apt-get install -y {DEBS}/{newer_deb.name}")
+             + step("site_upgrade", f"apt-get install -y {DEBS}/{site_policy_deb_1_1.name}"))
     assert b.values["pid1"] == f"{PROFILE} (enforce)", where(b)
     assert b.values["record.mode"] == "enforce", where(b)
     assert SITE_FILE in b.values["record.profiles"].split(), where(b)     # the record lists files
@@ -118,6 +141,11 @@ def test_stub_full_enforce_upgrade_broken_upgrade_purge(suite, built_deb, newer_
     no_denials(b)
     runs_cleanly(b)
     assert b.values["upgrade_exit"] == "0", where(b)
+    assert b.values["site_upgrade_exit"] == "0", where(b)
+    # The site policy package has no maintainer scripts: our file trigger
+    # rebuilt the initramfs for its upgrade.
+    site_upgrade = b.output[b.output.index("--- site_upgrade:"):]
+    assert f"Processing triggers for {PACKAGE}" in site_upgrade, where(b)
 
     # Boot 4: the upgrade kept stage and mode; then a broken upgrade.
     b = boot(machine, DENIALS + step("broken_upgrade", f"apt-get install -y {DEBS}/{broken_full_deb.name}")
@@ -125,6 +153,9 @@ def test_stub_full_enforce_upgrade_broken_upgrade_purge(suite, built_deb, newer_
     assert b.values["version"] == "0.2", where(b)
     assert b.values["state"].startswith("STAGE=full MODE=enforce "), where(b)
     assert b.values["pid1"] == f"{PROFILE} (enforce)", where(b)
+    # The site policy's upgrade reached the kernel through the initramfs.
+    assert b.values["site_loaded"] == "1" and b.values["site_2_loaded"] == "1", where(b)
+    assert SITE_FILE_2 in b.values["record.profiles"].split(), where(b)
     confined_everywhere(b)
     no_denials(b)
     runs_cleanly(b)
@@ -135,15 +166,16 @@ def test_stub_full_enforce_upgrade_broken_upgrade_purge(suite, built_deb, newer_
     assert "keeps the last full-stage policy that compiled" in b.output, where(b)
 
     # Boot 5: PID 1 under the last good full profile, and everyone is told.
+    # Then the site policy is removed (the trigger rebuilds the initramfs
+    # without its files), and the package.
     b = boot(machine, DENIALS + "aa-fullsystem --json status; echo\n"
-             + step("purge", f"apt-get purge -y {PACKAGE} {site_policy_deb.name.split('_')[0]}")
+             + step("site_remove", f"apt-get remove -y {SITE_PACKAGE}")
              + rf"""
-echo "--- left on disk"
-find /etc /usr /var /boot \( -name '*{PACKAGE}*' -o -name '*{PROFILE}*' -o -name '*{SITE_PROFILE}*' \) \
-    -not -path '{DEBS}/*' -print
-echo "@@ left_on_disk=$(find /etc /usr /var /boot \( -name '*{PACKAGE}*' -o -name '*{PROFILE}*' \
-    -o -name '*{SITE_PROFILE}*' \) -not -path '{DEBS}/*' -print | wc -l)"
-""")
+lsinitramfs /boot/initrd.img-$(uname -r) >/run/aafs-listing.txt 2>&1
+count site_in_initramfs /run/aafs-listing.txt '{INITRAMFS_PROOF}' -e {SITE_FILE} -e {SITE_FILE_2}
+count init_in_initramfs /run/aafs-listing.txt '{INITRAMFS_PROOF}' -e {PACKAGE}/init-
+"""
+             + step("remove", f"apt-get remove -y {PACKAGE}"))
     assert b.values["version"] == "0.3", where(b)
     assert b.values["pid1"] == f"{PROFILE} (enforce)", where(b)
     assert b.values["record.kept_last_good"] == "init-full", where(b)
@@ -152,17 +184,33 @@ echo "@@ left_on_disk=$(find /etc /usr /var /boot \( -name '*{PACKAGE}*' -o -nam
     assert '"policy_compiles":"no"' in b.output, where(b)
     confined_everywhere(b)
     no_denials(b)
-    assert b.values["purge_exit"] == "0", where(b)
-    assert b.values["left_on_disk"] == "0", where(b)
+    assert b.values["site_remove_exit"] == "0", where(b)
+    assert b.values["site_in_initramfs"] == "0", where(b)
+    assert int(b.values["init_in_initramfs"]) >= 1, where(b)   # the rebuild kept ours
+    assert b.values["remove_exit"] == "0", where(b)
 
-    # Boot 6: as if the package had never been there.
-    b = boot(machine, COUNT + rf"""
-lsinitramfs /boot/initrd.img-$(uname -r) >/run/aafs-listing.txt 2>&1
-count in_initramfs /run/aafs-listing.txt '{INITRAMFS_PROOF}' -e {PACKAGE} -e {PROFILE}
+    # Boot 6: removed, not purged: nothing of ours runs, the conffiles stay,
+    # init's full profile disabled so that apparmor.service skips it. Then
+    # the purge.
+    b = boot(machine, in_initramfs("in_initramfs") + rf"""
+echo "@@ full_profile_kept=$(test -f {FULL_PROFILE} && echo yes)"
+echo "@@ full_profile_disabled=$(readlink /etc/apparmor.d/disable/{PROFILE})"
+echo "@@ status_dpkg=$(dpkg-query -W -f '${{db:Status-Status}}' {PACKAGE} 2>&1)"
+""" + step("purge", f"apt-get purge -y {PACKAGE}") + rf"""
+echo "--- left on disk"
+find /etc /usr /var /boot \( -name '*{PACKAGE}*' -o -name '*{PROFILE}*' -o -name '*{SITE_PROFILE}*' \) \
+    -not -path '{DEBS}/*' -print
+echo "@@ left_on_disk=$(find /etc /usr /var /boot \( -name '*{PACKAGE}*' -o -name '*{PROFILE}*' \
+    -o -name '*{SITE_PROFILE}*' \) -not -path '{DEBS}/*' -print | wc -l)"
 """)
     assert b.values["pid1"] == "unconfined", where(b)
     assert b.values["record"] == "absent", where(b)
-    assert b.values["version"] == "", where(b)
+    assert b.values["status_dpkg"] == "config-files", where(b)
+    assert b.values["apparmor_service"] == "active", where(b)
     assert b.values["init_profile_loaded"] == "0", where(b)
-    assert b.values["site_loaded"] == "0", where(b)
+    assert b.values["site_loaded"] == "0" and b.values["site_2_loaded"] == "0", where(b)
     assert b.values["in_initramfs"] == "0", where(b)
+    assert b.values["full_profile_kept"] == "yes", where(b)
+    assert b.values["full_profile_disabled"] == FULL_PROFILE, where(b)
+    assert b.values["purge_exit"] == "0", where(b)
+    assert b.values["left_on_disk"] == "0", where(b)
