@@ -15,7 +15,8 @@ so this test follows each path through the adapter once, on the real thing.
           check` names the file and line, and dracut's rebuild ships the
           last policy that compiled.
   boot 3  the machine still boots with PID 1 under the full profile, and
-          the record says which policy is the last good copy.
+          the record says which policy is the last good copy. Without that
+          copy, dracut's rebuild fails and keeps the image byte for byte.
   boot 4  apparmor=0, boot 5 aa_fullsystem=off: nothing loaded, PID 1
           unconfined, the record says why. Then `apt-get purge`.
   boot 6  nothing of ours on disk or in the initramfs, PID 1 unconfined.
@@ -27,11 +28,11 @@ import pytest
 
 try:                    # tests/ imported as a package
     from . import vm
-    from .guest import PROFILE, PURGE, RECORD, REPORT, drop_stale_root, leftovers, unconfined_since_init, where
+    from .guest import LAST_GOOD, PROFILE, PURGE, RECORD, REPORT, drop_stale_root, leftovers, unconfined_since_init, where
     from .test_early import EARLY_SERVICES, service_profile
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
-    from guest import PROFILE, PURGE, RECORD, REPORT, drop_stale_root, leftovers, unconfined_since_init, where
+    from guest import LAST_GOOD, PROFILE, PURGE, RECORD, REPORT, drop_stale_root, leftovers, unconfined_since_init, where
     from test_early import EARLY_SERVICES, service_profile
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
@@ -78,6 +79,23 @@ grep -q "/etc/apparmor.d/local/{PROFILE}.*line" /run/check.log && echo "@@ check
 dracut --force /boot/initrd.img-$(uname -r) $(uname -r) >/run/dracut.log 2>&1
 echo "@@ dracut_exit=$?"
 cat /run/dracut.log
+"""
+
+# The broken profile again, without the last good copy: the hook fails,
+# dracut stops before it writes the image, and the previous one is kept
+# (the dracut module's install()), byte for byte, with nothing beside it.
+NO_LAST_GOOD = f"""
+initrd=/boot/initrd.img-$(uname -r)
+before=$(sha256sum "$initrd" | cut -d' ' -f1)
+ls /boot >/run/boot-before
+mv {LAST_GOOD} {LAST_GOOD}.saved
+dracut --force "$initrd" "$(uname -r)" >/run/dracut-no-last-good.log 2>&1
+echo "@@ no_last_good_dracut_exit=$?"
+mv {LAST_GOOD}.saved {LAST_GOOD}
+cat /run/dracut-no-last-good.log
+after=$(sha256sum "$initrd" | cut -d' ' -f1)
+echo "@@ initrd_kept=$(test -n "$before" && test "$before" = "$after" && echo yes)"
+ls /boot | diff /run/boot-before - && echo "@@ boot_unchanged=yes"
 """
 
 LEFTOVERS = leftovers("lsinitrd")
@@ -137,11 +155,17 @@ def test_dracut_confines_pid1_with_every_path(built_deb, tmp_path):
     assert "keeps the last policy that compiled" in b.output, where(b)
 
     # Boot 3: still confined by the full profile, from the last good copy.
-    b = boot("")
+    # Then a rebuild without that copy fails and keeps this image.
+    b = boot(NO_LAST_GOOD)
     assert b.values["pid1"] == f"{PROFILE} (complain)", where(b)
     assert b.values["record.loaded_stage"] == "full", where(b)
     assert b.values["record.kept_last_good"] == "init-full", where(b)
     assert not unconfined_since_init(b), where(b)
+    assert b.values["no_last_good_dracut_exit"] != "0", where(b)
+    assert "there is no earlier copy that did; the previous initramfs" in b.output, where(b)
+    assert "no initramfs is written for" in b.output, where(b)
+    assert b.values.get("initrd_kept") == "yes", where(b)
+    assert b.values.get("boot_unchanged") == "yes", where(b)
 
     # Boots 4 and 5: the escape hatches.
     b = boot("", append="apparmor=0")

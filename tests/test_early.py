@@ -24,8 +24,9 @@ profile, `Pix -> &fullsystem-init`, also serves.)
           in it with its precompiled policy cut short, is refused by the
           kernel and falls back (early=refused); run again with
           aa_fullsystem=complain, it loads the init policy only and records
-          that choice (early=skipped); without the initramfs's dd, it
-          falls back (early=fallback). And a profile in a policy
+          that choice (early=skipped), the kernel holding init's profile
+          in complain mode where the initramfs says enforce; without the
+          initramfs's dd, it falls back (early=fallback). And a profile in a policy
           namespace of its own: the hook makes no set of it, as the
           namespace would apply to every profile of the one write.
   boot 4  so the init policy only, and the record and status say why
@@ -158,12 +159,19 @@ aa-fullsystem status
 aa-fullsystem status | grep -q "fix or remove the profile named above or in the kernel log" && echo "@@ cut.status_says_fix=yes"
 umount {RECORD}
 # The same script with aa_fullsystem=complain on its command line: the
-# admin's choice, recorded as such, with no advice to rebuild.
+# admin's choice, recorded as such, with no advice to rebuild. Its
+# initramfs made to say enforce: without the parameter the kernel then
+# holds init's profile enforced, with it in complain mode.
+sed -i 's/^AAFS_MODE=.*/AAFS_MODE=enforce/' "$initramfs/{INITRAMFS_DIR}/boot.conf"
+chroot "$initramfs" /scripts/init-bottom/apparmor-fullsystem
+echo "@@ no_hatch.kernel_holds=$(grep '^{PROFILE} ' /sys/kernel/security/apparmor/profiles)"
 echo "$(cat /proc/cmdline) aa_fullsystem=complain" >/run/aafs-cmdline
 mount --bind /run/aafs-cmdline "$initramfs/proc/cmdline"
 chroot "$initramfs" /scripts/init-bottom/apparmor-fullsystem
 umount "$initramfs/proc/cmdline"
+echo "@@ hatch.kernel_holds=$(grep '^{PROFILE} ' /sys/kernel/security/apparmor/profiles)"
 sed 's/^/@@ complain./' "$initramfs{RECORD}"
+sed -i 's/^AAFS_MODE=.*/AAFS_MODE=complain/' "$initramfs/{INITRAMFS_DIR}/boot.conf"
 mount --bind "$initramfs{RECORD}" {RECORD}
 aa-fullsystem status >/run/aafs-status-complain
 umount {RECORD}
@@ -275,6 +283,8 @@ def test_precompiled_policy_loaded_before_init(suite, built_deb, tmp_path):
     assert b.values["complain.outcome"] == "loaded", where(b)
     assert b.values["complain.loaded_stage"] == "full", where(b)
     assert b.values["complain.mode"] == "complain", where(b)
+    assert b.values["no_hatch.kernel_holds"] == f"{PROFILE} (enforce)", where(b)
+    assert b.values["hatch.kernel_holds"] == f"{PROFILE} (complain)", where(b)
     assert "Early policy: skipped: aa_fullsystem=complain" in b.output, where(b)
     assert b.values.get("complain.status_no_rebuild") == "yes", where(b)
     # An initramfs without the hook's dd: the init policy, and a rebuild fixes it.
