@@ -75,10 +75,17 @@ CHAIN = "rm -f /boot/aafs-chain; {plant}; {run}; {clean}; test -e /boot/aafs-cha
 # kernel runs modprobe net-pf-12 (module autoloading) every time.
 AUTOLOAD = "perl -e 'socket(S, 12, 2, 0)'"
 
+ODD_PROGRAM = "aafs touch"
+ODD_FILE = '/boot/aafs "odd" name'
+
 # One protected operation each (README, THREAT MODEL): a shell command that
 # succeeds for root with every right, and that leaves nothing behind.
 PROTECTED = {
     "write_boot": "touch /boot/aafs-probe && rm /boot/aafs-probe",
+    # The same by a program and into a file whose names the kernel logs in
+    # hex (a space, a quote): status must still name both.
+    "write_boot_odd_names": f"cp /usr/bin/touch '/var/tmp/{ODD_PROGRAM}' && {{ '/var/tmp/{ODD_PROGRAM}' '{ODD_FILE}';"
+                            f" s=$?; rm -f '/var/tmp/{ODD_PROGRAM}' '{ODD_FILE}'; exit $s; }}",
     "write_initramfs_hooks": "touch /etc/initramfs-tools/hooks/aafs-probe && rm /etc/initramfs-tools/hooks/aafs-probe",
     "write_initramfs_scripts": "touch /usr/share/initramfs-tools/scripts/aafs-probe"
                                " && rm /usr/share/initramfs-tools/scripts/aafs-probe",
@@ -144,6 +151,7 @@ PROTECTED = {
 # capname= or peer=, as `aa-fullsystem status` reads them): one of these.
 REFUSED_TARGET = {
     "write_boot": ('name="/boot/aafs-probe"',),
+    "write_boot_odd_names": ("name=" + ODD_FILE.encode().hex().upper(),),
     "write_initramfs_hooks": ('name="/etc/initramfs-tools/hooks/aafs-probe"',),
     "write_initramfs_scripts": ('name="/usr/share/initramfs-tools/scripts/aafs-probe"',),
     "write_kernel_hooks": ('name="/etc/kernel/postinst.d/aafs-probe"',),
@@ -544,6 +552,7 @@ def test_hardened_enforced_refuses_services_and_keeps_the_admin(hardened):
     assert report["denied_count"] == int(v["denied_dmesg"]), report
     targets = {(d["profile"], d["program"], d["target"]) for d in report["denied"]}
     assert (SERVICE, "touch", "/boot/aafs-probe") in targets, report
+    assert (SERVICE, ODD_PROGRAM, ODD_FILE) in targets, report     # decoded from the kernel's hex
     assert (SERVICE, "dd", "/dev/mem") in targets, report
     assert (SERVICE, "modprobe", "sys_module") in targets, report
     assert f"Px -> {PROFILE}-system," in report["next_step"], report
