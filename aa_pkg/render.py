@@ -174,6 +174,15 @@ class Paths:
         return PurePosixPath("/var/lib") / self.package / "last-good"
 
     @property
+    def compiled_policy(self) -> PurePosixPath:
+        # `early all`'s compiled policy, kept between builds of the
+        # initramfs under a key of everything it follows from: a build whose
+        # inputs did not change reuses it instead of compiling again. Data
+        # the hook can always make again, hence /var/cache (FHS 5.5);
+        # removed on purge.
+        return PurePosixPath("/var/cache") / self.package / "compiled"
+
+    @property
     def initramfs_dir(self) -> PurePosixPath:
         # Our files inside the initramfs image.
         return PurePosixPath("/usr/lib") / self.package

@@ -136,9 +136,55 @@ umount /proc/version "$features"
 """
 
 
-REFUSED_AND_NAMESPACED = rf"""
+# The initramfs rebuilt for the running kernel, timed (the compile of the
+# whole policy).
+REBUILD = r"""
+start=$(date +%s%N)
 update-initramfs -u
 echo "@@ rebuild_exit=$?"
+echo "@@ rebuild_ms=$((($(date +%s%N) - start) / 1000000))"
+"""
+
+# The compiled policy kept between builds (aa-pkg's compiled_policy):
+# rebuilt with nothing changed, it is reused, not compiled; damaged, it is
+# compiled again; after a profile changes, the new image carries the change.
+KEPT = "/var/cache/apparmor-fullsystem/compiled"
+ADDED = "aafs-test-added"
+KEPT_COMPILED = rf"""
+start=$(date +%s%N)
+update-initramfs -u >/run/aafs-reuse.log 2>&1
+echo "@@ reuse_exit=$?"
+echo "@@ reuse_ms=$((($(date +%s%N) - start) / 1000000))"
+cat /run/aafs-reuse.log
+grep -q 'reused the policy compiled for the same input' /run/aafs-reuse.log && echo "@@ reused=yes"
+entry=$(cat {KEPT}/kernel-$(uname -r))
+echo "@@ entries=$(find {KEPT} -mindepth 1 -maxdepth 1 -type d | wc -l)"
+printf 'damage' >>"{KEPT}/$entry/policy"
+update-initramfs -u >/run/aafs-damaged.log 2>&1
+echo "@@ damaged_exit=$?"
+cat /run/aafs-damaged.log
+grep -q "kept in {KEPT}/$entry is damaged: compiling it again" /run/aafs-damaged.log && echo "@@ damage_found=yes"
+grep -q 'reused the policy' /run/aafs-damaged.log && echo "@@ damaged_reused=yes"
+(cd "{KEPT}/$entry" && sha256sum --check --quiet SHA256SUMS) && echo "@@ entry_whole_again=yes"
+cat >/etc/apparmor.d/{ADDED} <<'END'
+abi <abi/3.0>,
+# tests/test_early.py: a profile added after the policy was compiled.
+profile {ADDED} /usr/local/bin/{ADDED} flags=(complain) {{
+}}
+END
+update-initramfs -u >/run/aafs-changed.log 2>&1
+echo "@@ changed_exit=$?"
+cat /run/aafs-changed.log
+grep -q 'reused the policy' /run/aafs-changed.log && echo "@@ changed_reused=yes"
+unpacked=$(mktemp -d)
+unmkinitramfs /boot/initrd.img-$(uname -r) "$unpacked"
+files=$(find "$unpacked" -path '*/{INITRAMFS_DIR}/cache/files' | head -n 1)
+grep -qx {ADDED} "$files" && echo "@@ change_in_image=yes"
+rm -rf "$unpacked"
+"""
+KEPT_SUITE = "trixie"   # the hook is the same on every suite; the time is not
+
+REFUSED_AND_NAMESPACED = rf"""
 {ENTER_INITRAMFS}
 policy=$(find "$initramfs/{INITRAMFS_DIR}/cache" -name policy)
 [ -s "$policy" ] && echo "@@ cut.policy_found=yes"
@@ -258,7 +304,7 @@ def test_precompiled_policy_loaded_before_init(suite, built_deb, tmp_path):
     assert b.values["other_kernel_update_exit"] == "0", where(b)
 
     # Boot 3: the cache does not fit this kernel: not loaded, and said so.
-    b = boot(REFUSED_AND_NAMESPACED)
+    b = boot(REBUILD + (KEPT_COMPILED if suite == KEPT_SUITE else "") + REFUSED_AND_NAMESPACED)
     assert b.values["record.early"] == "fallback", where(b)
     assert "differ from those the policy was precompiled for" in b.values["record.early_reason"], where(b)
     assert b.values["record.outcome"] == "fallback", where(b)
@@ -267,6 +313,18 @@ def test_precompiled_policy_loaded_before_init(suite, built_deb, tmp_path):
     for _, program in EARLY_SERVICES.values():
         assert b.values[f"{program}.label"] == f"{PROFILE} (complain)", where(b)
     assert b.values["rebuild_exit"] == "0", where(b)
+    if suite == KEPT_SUITE:
+        # Rebuilt with nothing changed: the kept compiled policy, not a compile.
+        print(f"FIGURES suite={suite} rebuild_compile_ms={b.values['rebuild_ms']} "
+              f"rebuild_reuse_ms={b.values['reuse_ms']}")
+        assert b.values["reuse_exit"] == "0" and b.values.get("reused") == "yes", where(b)
+        assert b.values["entries"] == "1", where(b)       # one kernel, one entry kept
+        # A damaged entry is found and compiled again, never loaded.
+        assert b.values["damaged_exit"] == "0" and b.values.get("damage_found") == "yes", where(b)
+        assert "damaged_reused" not in b.values and b.values.get("entry_whole_again") == "yes", where(b)
+        # A changed policy makes another key: compiled, and in the image.
+        assert b.values["changed_exit"] == "0" and "changed_reused" not in b.values, where(b)
+        assert b.values.get("change_in_image") == "yes", where(b)
     # The kernel refuses a set cut short: none of it is loaded, the text init
     # profile is, and the record and status say so.
     assert b.values["cut.policy_found"] == "yes", where(b)
