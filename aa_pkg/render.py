@@ -17,7 +17,7 @@ from typing import Any
 
 import jinja2
 
-from aa_pkg import integrity
+from aa_pkg import integrity, settings
 from aa_pkg.config import DEFAULT_PROFILE, NOT_POLICY_FILES, Config, SitePolicy
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -420,6 +420,9 @@ def context(config: Config) -> dict[str, Any]:
         "admin_programs": ADMIN_PROGRAMS,
         "pkg_programs": PKG_PROGRAMS,
         "extra_profiles": [p.name for p in config.extra_profiles],
+        "settings": settings.SETTINGS,
+        "setting": {s.key: s for s in settings.SETTINGS},
+        "full_stage": settings.FULL,
     }
 
 
