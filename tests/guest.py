@@ -73,7 +73,10 @@ for p in /proc/[0-9]*; do
     stat=$(sed 's/.*) //' "$p/stat" 2>/dev/null) && [ -n "$stat" ] || continue
     start=$(echo "$stat" | cut -d ' ' -f 20)
     ppid=$(echo "$stat" | cut -d ' ' -f 2)
-    echo "proc|${{p#/proc/}}|$ppid|$(cat "$p/comm" 2>/dev/null)|$start|$label"
+    # comm's first line: a task may name itself with a newline.
+    comm=
+    read -r comm <"$p/comm" 2>/dev/null
+    echo "proc|${{p#/proc/}}|$ppid|$comm|$start|$label"
 done
 echo "--- kernel log: init"
 dmesg | grep -e 'Run /init as init process' -e 'systemd\[1\]: systemd .* running in system mode' \

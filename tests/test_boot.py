@@ -275,7 +275,11 @@ def test_apparmor_0_boots_without_policy(stub):
 
 def test_aa_fullsystem_off_boots_unconfined(stub):
     """3b. aa_fullsystem=off: multi-user, PID 1 unconfined, record says skipped."""
-    boot = stub.machine.boot(append="aa_fullsystem=off", script=REPORT)
+    # A process that names itself with a newline and an escape sequence
+    # (perl sets the task's comm from $0): status lists it on one line.
+    odd = ("perl -e '$0 = \"aafs\\nx\\e[2J\"; sleep 60' &\n"
+           'echo "@@ odd_pid=$!"\nsleep 1\n')
+    boot = stub.machine.boot(append="aa_fullsystem=off", script=odd + REPORT)
     print(f"--- {stub.machine.suite} aa_fullsystem=off: boot script output\n{boot.output}")
     assert boot.reached_multi_user, where(boot)
     assert boot.values["aa_enabled"] == "Y", where(boot)
@@ -290,6 +294,9 @@ def test_aa_fullsystem_off_boots_unconfined(stub):
     unconfined = [p for p in processes(boot) if p.label == "unconfined"]
     assert len(unconfined) > 5 and "  1 systemd" in boot.output.splitlines(), where(boot)
     assert "(from the initramfs)" not in boot.output, where(boot)
+    status = boot.output.split("--- aa-fullsystem status\n", 1)[1].split("@@ status_exit=", 1)[0]
+    assert f"  {boot.values['odd_pid']} aafs?x?[2J" in status.splitlines(), where(boot)
+    assert "\x1b" not in status, where(boot)
 
 
 # ---------------------------------------------------------------------------

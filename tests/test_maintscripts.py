@@ -414,6 +414,23 @@ def test_concurrent_changes_and_hook_runs_lose_nothing(built_deb, tmp_path):
         assert values["copies"] == "1", context           # the link's copy only
 
 
+def test_status_json_is_valid_for_any_bytes(installed):
+    """A boot record with any bytes: status's JSON is valid, and says them."""
+    record = installed.root / "run/apparmor-fullsystem/boot"
+    record.parent.mkdir(parents=True, exist_ok=True)
+    reason = b'odd \x1b[2J "quoted" back\\slash \xff caf\xc3\xa9 \xed\xa0\x80 \xf0\x9f\x98\x80 \x01'
+    record.write_bytes(b"outcome=loaded\nloaded_stage=stub\nreason=" + reason + b"\n")
+    try:
+        installed.chroot_run(["sh", "-c", "aa-fullsystem --json status >/root/status.json"], check=False)
+        status = json.loads((installed.root / "root/status.json").read_bytes())     # strict UTF-8, strict JSON
+    finally:
+        record.unlink()
+    # Control characters escaped and kept, valid UTF-8 kept, each byte of
+    # an invalid sequence (0xff; a UTF-16 surrogate) replaced.
+    assert status["boot"]["reason"] == ('odd \x1b[2J "quoted" back\\slash \ufffd café \ufffd\ufffd\ufffd '
+                                        '\U0001f600 \x01'), status["boot"]
+
+
 def test_status_names_a_stale_initramfs(installed):
     """A site profile added, changed or removed since the initramfs was built: status says which one is stale and what to run."""
     version = installed.kernel_paths()[1].removeprefix("/boot/initrd.img-")
