@@ -423,6 +423,7 @@ def context(config: Config) -> dict[str, Any]:
         "settings": settings.SETTINGS,
         "setting": {s.key: s for s in settings.SETTINGS},
         "full_stage": settings.FULL,
+        "record_keys": settings.BOOT_RECORD_KEYS,
     }
 
 

@@ -1,5 +1,5 @@
 """The target's state, defined once: its settings, their values and defaults,
-and the rule between them.
+and the rule between them; and the keys of the boot record.
 
 /etc/<package>/state holds four settings (aa-fullsystem(8)). What each may
 be, what it is when its line is missing, and which values need the full
@@ -68,3 +68,14 @@ FULL = "full"
 assert all(s.needs_full is None or s.needs_full.value in s.values and s.needs_full.back in s.values
            for s in SETTINGS)
 assert all(s.default is None or s.default in s.values for s in SETTINGS)
+
+
+# The boot record (/run/<package>/boot): the keys the boot script's finish()
+# writes, in its order (init-bottom.sh.j2), which `aa-fullsystem status`
+# reads, each into a variable, and puts whole into its JSON ("boot").
+# tests/test_settings.py checks the boot script writes exactly these.
+BOOT_RECORD_KEYS: tuple[str, ...] = (
+    "outcome", "reason", "configured_stage", "loaded_stage", "mode", "level", "profiles", "failed_profiles",
+    "kernel", "initramfs_kernel", "kept_last_good", "left_out", "early", "early_reason", "elapsed_ms",
+    "ignored_parameters", "init_attach", "init_path", "init_label", "init_attach_reason", "finished_at_cs",
+)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from aa_pkg.settings import BOOT_RECORD_KEYS
+
 try:                    # tests/ imported as a package
     from . import vm
     from .guest import INITRAMFS_DIR, LAST_GOOD, STATE, chroot_text, initramfs_file, lsinitramfs, sha256
@@ -415,11 +417,13 @@ def test_concurrent_changes_and_hook_runs_lose_nothing(built_deb, tmp_path):
 
 
 def test_status_json_is_valid_for_any_bytes(installed):
-    """A boot record with any bytes: status's JSON is valid, and says them."""
+    """A boot record with any bytes: status's JSON is valid, and says every key of it."""
     record = installed.root / "run/apparmor-fullsystem/boot"
     record.parent.mkdir(parents=True, exist_ok=True)
     reason = b'odd \x1b[2J "quoted" back\\slash \xff caf\xc3\xa9 \xed\xa0\x80 \xf0\x9f\x98\x80 \x01'
-    record.write_bytes(b"outcome=loaded\nloaded_stage=stub\nreason=" + reason + b"\n")
+    others = {key: f"{key}-value" for key in BOOT_RECORD_KEYS if key not in ("reason", "loaded_stage")}
+    record.write_bytes(b"loaded_stage=stub\nreason=" + reason + b"\n"
+                       + "".join(f"{key}={value}\n" for key, value in others.items()).encode())
     try:
         installed.chroot_run(["sh", "-c", "aa-fullsystem --json status >/root/status.json"], check=False)
         status = json.loads((installed.root / "root/status.json").read_bytes())     # strict UTF-8, strict JSON
@@ -429,6 +433,8 @@ def test_status_json_is_valid_for_any_bytes(installed):
     # an invalid sequence (0xff; a UTF-16 surrogate) replaced.
     assert status["boot"]["reason"] == ('odd \x1b[2J "quoted" back\\slash \ufffd café \ufffd\ufffd\ufffd '
                                         '\U0001f600 \x01'), status["boot"]
+    assert list(status["boot"]) == list(BOOT_RECORD_KEYS), status["boot"]
+    assert {key: status["boot"][key] for key in others} == others, status["boot"]
 
 
 def test_status_names_a_stale_initramfs(installed):

@@ -10,6 +10,7 @@ test_maintscripts's (in a chroot, as root).
 from __future__ import annotations
 
 import itertools
+import re
 import subprocess
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 
 from aa_pkg.config import Config
 from aa_pkg.render import context, environment
-from aa_pkg.settings import FULL, SETTINGS, STAGE
+from aa_pkg.settings import BOOT_RECORD_KEYS, FULL, SETTINGS, STAGE
 
 try:                    # tests/ imported as a package
     from . import vm
@@ -102,3 +103,16 @@ def test_the_cli_offers_what_the_table_has() -> None:
     for setting in SETTINGS:
         assert f"       aa-fullsystem {setting.command} {'|'.join(setting.values)}\n" in cli
         assert f"{setting.key}={'|'.join(setting.values)}" in cli      # the invalid state's hint
+
+
+def test_the_boot_record_has_the_keys_status_reads() -> None:
+    """The boot script's finish() writes exactly the keys aa-fullsystem reads (and puts into its JSON)."""
+    boot = environment().get_template("init-bottom.sh.j2").render(context(Config()))
+    finish = boot[boot.index("\nfinish() {"):]
+    finish = finish[:finish.index("\n}\n")]
+    written = tuple(re.findall(r'^\t\techo "([a-z_]+)=', finish, re.MULTILINE))
+    assert written == BOOT_RECORD_KEYS
+    cli = environment().get_template("aa-fullsystem.sh.j2").render(context(Config()))
+    for key in BOOT_RECORD_KEYS:
+        assert f"\t\t{key}) _record_{key}=${{_line#*=}} ;;\n" in cli
+        assert f'printf \'"{key}":%s' in cli
