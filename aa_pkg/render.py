@@ -52,6 +52,12 @@ class Paths:
         return self.share / "functions"
 
     @property
+    def one_set_check(self) -> PurePosixPath:
+        # A perl program: whether compiled policy files can be one write
+        # (one-set-check.pl.j2).
+        return self.share / "one-set-check"
+
+    @property
     def audit_reader(self) -> PurePosixPath:
         # An awk program: AppArmor's audit records in kernel log text, as
         # tab-separated fields (audit-records.awk.j2).
@@ -358,6 +364,7 @@ def shipped_files(paths: Paths) -> list[Shipped]:
         Shipped("dracut-pre-pivot.sh.j2", paths.dracut_module / paths.dracut_hook_name, 0o755),
         Shipped("functions.sh.j2", paths.functions, 0o644),
         Shipped("audit-records.awk.j2", paths.audit_reader, 0o644),
+        Shipped("one-set-check.pl.j2", paths.one_set_check, 0o644),
         Shipped("defaults.j2", paths.defaults, 0o644),
         Shipped("pam-config.j2", paths.pam_config, 0o644),
         Shipped("init-stub.apparmor.j2", paths.stub_profile, 0o644),
