@@ -57,7 +57,7 @@ PROFILE_FILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # /etc/apparmor.d (libapparmor's _aa_is_blacklisted, and README), and what
 # dpkg leaves beside a file while it unpacks (*.dpkg-*). aa-pkg refuses
 # these names; on the target aafs_site_profiles and the hook skip them, and
-# say so (templates/functions.sh.j2 renders this very list).
+# say so (templates/shared/functions.sh.j2 renders this very list).
 NOT_POLICY_FILES = (".*", "README", "*.dpkg-*", "*.pacsave", "*.pacnew", "*.rpmnew", "*.rpmsave", "*.orig",
                     "*.rej", "*~")
 PROFILE_FILE_DROPPED: tuple[tuple[str, tuple[str, ...]], ...] = (

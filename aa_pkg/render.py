@@ -54,13 +54,13 @@ class Paths:
     @property
     def one_set_check(self) -> PurePosixPath:
         # A perl program: whether compiled policy files can be one write
-        # (one-set-check.pl.j2).
+        # (initramfs/one-set-check.pl.j2).
         return self.share / "one-set-check"
 
     @property
     def audit_reader(self) -> PurePosixPath:
         # An awk program: AppArmor's audit records in kernel log text, as
-        # tab-separated fields (audit-records.awk.j2).
+        # tab-separated fields (cli/audit-records.awk.j2).
         return self.share / "audit-records"
 
     @property
@@ -153,7 +153,7 @@ class Paths:
     @property
     def systemd_unit(self) -> PurePosixPath:
         # A link to /dev/null: the sysvinit script's job is apparmor.service's
-        # under systemd (see init.j2).
+        # under systemd (see debian/sysvinit-script.sh.j2).
         return PurePosixPath("/usr/lib/systemd/system") / f"{self.package}.service"
 
     @property
@@ -356,34 +356,35 @@ class Shipped:
 def shipped_files(paths: Paths) -> list[Shipped]:
     """Every file in the binary package, with its mode. Directories follow from these."""
     return [
-        Shipped("hook.sh.j2", paths.hook, 0o755),
-        Shipped("init-bottom.sh.j2", paths.boot_script, 0o755),
-        Shipped("attach-probe.sh.j2", paths.attach_probe, 0o755),
-        Shipped("initramfs-build.sh.j2", paths.initramfs_builder, 0o644),
-        Shipped("dracut-module-setup.sh.j2", paths.dracut_module / "module-setup.sh", 0o755),
-        Shipped("dracut-pre-pivot.sh.j2", paths.dracut_module / paths.dracut_hook_name, 0o755),
-        Shipped("functions.sh.j2", paths.functions, 0o644),
-        Shipped("audit-records.awk.j2", paths.audit_reader, 0o644),
-        Shipped("one-set-check.pl.j2", paths.one_set_check, 0o644),
-        Shipped("defaults.j2", paths.defaults, 0o644),
-        Shipped("pam-config.j2", paths.pam_config, 0o644),
-        Shipped("init-stub.apparmor.j2", paths.stub_profile, 0o644),
-        Shipped("init-full.apparmor.j2", paths.full_profile, 0o644),
-        Shipped("init.abi.j2", paths.init_abi, 0o644),
-        Shipped("level-standard-init.apparmor.j2", paths.levels / "standard.init", 0o644),
-        Shipped("level-hardened-init.apparmor.j2", paths.levels / "hardened.init", 0o644),
-        Shipped("roles-enforce.apparmor.j2", paths.levels / "roles-enforce", 0o644),
-        Shipped("roles-complain.apparmor.j2", paths.levels / "roles-complain", 0o644),
-        Shipped("aa-fullsystem.sh.j2", PurePosixPath("/usr/sbin/aa-fullsystem"), 0o755),
-        Shipped("aa-fullsystem.8.j2", PurePosixPath("/usr/share/man/man8/aa-fullsystem.8"), 0o644),
+        Shipped("initramfs/initramfs-tools-hook.sh.j2", paths.hook, 0o755),
+        Shipped("boot/load-policy.sh.j2", paths.boot_script, 0o755),
+        Shipped("boot/attach-probe.sh.j2", paths.attach_probe, 0o755),
+        Shipped("initramfs/build.sh.j2", paths.initramfs_builder, 0o644),
+        Shipped("initramfs/dracut-module-setup.sh.j2", paths.dracut_module / "module-setup.sh", 0o755),
+        Shipped("boot/dracut-pre-pivot.sh.j2", paths.dracut_module / paths.dracut_hook_name, 0o755),
+        Shipped("shared/functions.sh.j2", paths.functions, 0o644),
+        Shipped("cli/audit-records.awk.j2", paths.audit_reader, 0o644),
+        Shipped("initramfs/one-set-check.pl.j2", paths.one_set_check, 0o644),
+        Shipped("shared/defaults.j2", paths.defaults, 0o644),
+        Shipped("policy/pam-auth-update.j2", paths.pam_config, 0o644),
+        Shipped("policy/pid1-stub.apparmor.j2", paths.stub_profile, 0o644),
+        Shipped("policy/pid1-full.apparmor.j2", paths.full_profile, 0o644),
+        Shipped("policy/pid1.abi.j2", paths.init_abi, 0o644),
+        Shipped("policy/level-standard-pid1.apparmor.j2", paths.levels / "standard.init", 0o644),
+        Shipped("policy/level-hardened-pid1.apparmor.j2", paths.levels / "hardened.init", 0o644),
+        Shipped("policy/roles-enforce.apparmor.j2", paths.levels / "roles-enforce", 0o644),
+        Shipped("policy/roles-complain.apparmor.j2", paths.levels / "roles-complain", 0o644),
+        Shipped("cli/aa-fullsystem.sh.j2", PurePosixPath("/usr/sbin/aa-fullsystem"), 0o755),
+        Shipped("cli/aa-fullsystem.8.j2", PurePosixPath("/usr/share/man/man8/aa-fullsystem.8"), 0o644),
     ]
 
 
 # Maintainer scripts go into debian/<package>.<name>, where dh_installdeb adds
 # the debhelper snippets and installs them into the control area, as it does
-# with the triggers file.
+# with the triggers file; dh_installinit installs debian/<package>.init as
+# the sysvinit script. Template (under templates/debian/) and name.
 MAINTAINER_SCRIPTS = ("postinst", "prerm", "postrm")
-CONTROL_FILES = ("triggers", "init")
+CONTROL_FILES = {"triggers.j2": "triggers", "sysvinit-script.sh.j2": "init"}
 
 
 def shquote(value: Any) -> str:
@@ -459,10 +460,10 @@ def render_package(config: Config, tree: Path, debian_dir: Path) -> None:
     for directory in (paths.vendor_policy, paths.admin_policy):
         (tree / directory.relative_to("/")).mkdir(parents=True, exist_ok=True)
     for script in MAINTAINER_SCRIPTS:
-        text = env.get_template(f"{script}.sh.j2").render(values)
+        text = env.get_template(f"debian/{script}.sh.j2").render(values)
         _write(debian_dir / f"{config.package}.{script}", text, 0o755)
-    for name in CONTROL_FILES:
-        _write(debian_dir / f"{config.package}.{name}", env.get_template(f"{name}.j2").render(values), 0o644)
+    for template, name in CONTROL_FILES.items():
+        _write(debian_dir / f"{config.package}.{name}", env.get_template(f"debian/{template}").render(values), 0o644)
 
 
 # The source tree of a site policy package, besides debian/control and

@@ -4,9 +4,9 @@ and the rule between them; and the keys of the boot record.
 /etc/<package>/state holds four settings (aa-fullsystem(8)). What each may
 be, what it is when its line is missing, and which values need the full
 stage are decided here and only here; the templates render this table into
-the shell that reads the state (functions.sh.j2, aafs_read_state and
-aafs_state_conflict), the command that changes it (aa-fullsystem.sh.j2,
-cmd_set and its usage) and the boot script's defaults (init-bottom.sh.j2),
+the shell that reads the state (shared/functions.sh.j2, aafs_read_state and
+aafs_state_conflict), the command that changes it (cli/aa-fullsystem.sh.j2,
+cmd_set and its usage) and the boot script's defaults (boot/load-policy.sh.j2),
 as NOT_POLICY_FILES is rendered. tests/test_settings.py checks the table
 and runs the rendered shell against it.
 """
@@ -71,7 +71,7 @@ assert all(s.default is None or s.default in s.values for s in SETTINGS)
 
 
 # The boot record (/run/<package>/boot): the keys the boot script's finish()
-# writes, in its order (init-bottom.sh.j2), which `aa-fullsystem status`
+# writes, in its order (boot/load-policy.sh.j2), which `aa-fullsystem status`
 # reads, each into a variable, and puts whole into its JSON ("boot").
 # tests/test_settings.py checks the boot script writes exactly these.
 BOOT_RECORD_KEYS: tuple[str, ...] = (

@@ -1,4 +1,4 @@
-"""The one reader of AppArmor's audit records (audit-records.awk.j2), on kernel logs.
+"""The one reader of AppArmor's audit records (cli/audit-records.awk.j2), on kernel logs.
 
 `aa-fullsystem status` counts and lists refusals through it, so what it
 misreads, status misreports. It runs here, rendered as the package ships it,
@@ -50,7 +50,7 @@ def reader(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = Config()
     assert Paths(config.package, config.profile_name).audit_reader.name == "audit-records"
     path = tmp_path_factory.mktemp("reader") / "audit-records"
-    path.write_text(environment().get_template("audit-records.awk.j2").render(context(config)))
+    path.write_text(environment().get_template("cli/audit-records.awk.j2").render(context(config)))
     return path
 
 

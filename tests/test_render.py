@@ -42,21 +42,34 @@ def test_initramfs_script_names_are_valid() -> None:
     assert re.fullmatch(INITRAMFS_NAME, paths.boot_script.name)
 
 
+# Where each template runs, by its folder (the package's own; site-policy/
+# renders a site policy package's debian/).
+FOLDERS = ("shared", "initramfs", "boot", "cli", "debian", "policy")
+
+
+def package_templates() -> list[Path]:
+    return sorted(p for p in TEMPLATES.rglob("*.j2") if p.parent.name != "site-policy")
+
+
 def test_every_template_is_shipped() -> None:
-    """Every template but the partials (_*.j2, included by others) is a shipped file."""
-    used = {s.template for s in shipped_files(Paths("p", "q"))} | {f"{s}.sh.j2" for s in MAINTAINER_SCRIPTS} \
-        | {f"{c}.j2" for c in CONTROL_FILES}
-    assert used == {p.name for p in TEMPLATES.glob("*.j2") if not p.name.startswith("_")}
+    """Every template but the partials (_*.j2, included by others) is a shipped file, in a folder by where it runs."""
+    used = {s.template for s in shipped_files(Paths("p", "q"))} | {f"debian/{s}.sh.j2" for s in MAINTAINER_SCRIPTS} \
+        | {f"debian/{c}" for c in CONTROL_FILES}
+    templates = package_templates()
+    assert used == {str(p.relative_to(TEMPLATES)) for p in templates if not p.name.startswith("_")}
+    assert {p.parent.name for p in templates} == set(FOLDERS)
+    assert not list(TEMPLATES.glob("*.j2")), "a template outside the folders"
 
 
 def test_every_template_opens_with_a_header_naming_its_place() -> None:
-    for template in TEMPLATES.glob("*.j2"):
+    for template in package_templates():
         text = template.read_text()
         header = text.split("#}")[0]
         assert text.startswith("{# "), template
         if template.name.startswith("_"):
             assert "Included by" in header, template
-            assert any(f'"{template.name}"' in other.read_text() for other in TEMPLATES.glob("*.j2")), template
+            name = str(template.relative_to(TEMPLATES))
+            assert any(f'"{name}"' in other.read_text() for other in package_templates()), template
         else:
             assert "Installed as" in header or "Rendered to" in header, template
 

@@ -1,6 +1,6 @@
 """The settings table (aa_pkg/settings.py) and the shell rendered from it.
 
-aafs_read_state (functions.sh.j2) is run here under dash, as the hook and
+aafs_read_state (shared/functions.sh.j2) is run here under dash, as the hook and
 aa-fullsystem run it, on state files made from the table: every value of
 every setting, alone and against the stage, a value no setting has, a line
 no setting owns, a required line missing. aa-fullsystem's own refusals are
@@ -42,7 +42,7 @@ def test_table() -> None:
 @pytest.fixture(scope="module")
 def functions(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("functions") / "functions"
-    path.write_text(environment().get_template("functions.sh.j2").render(context(Config())))
+    path.write_text(environment().get_template("shared/functions.sh.j2").render(context(Config())))
     return path
 
 
@@ -99,7 +99,7 @@ def test_a_line_no_setting_owns(functions: Path, tmp_path: Path) -> None:
 
 
 def test_the_cli_offers_what_the_table_has() -> None:
-    cli = environment().get_template("aa-fullsystem.sh.j2").render(context(Config()))
+    cli = environment().get_template("cli/aa-fullsystem.sh.j2").render(context(Config()))
     for setting in SETTINGS:
         assert f"       aa-fullsystem {setting.command} {'|'.join(setting.values)}\n" in cli
         assert f"{setting.key}={'|'.join(setting.values)}" in cli      # the invalid state's hint
@@ -107,12 +107,12 @@ def test_the_cli_offers_what_the_table_has() -> None:
 
 def test_the_boot_record_has_the_keys_status_reads() -> None:
     """The boot script's finish() writes exactly the keys aa-fullsystem reads (and puts into its JSON)."""
-    boot = environment().get_template("init-bottom.sh.j2").render(context(Config()))
+    boot = environment().get_template("boot/load-policy.sh.j2").render(context(Config()))
     finish = boot[boot.index("\nfinish() {"):]
     finish = finish[:finish.index("\n}\n")]
     written = tuple(re.findall(r'^\t\techo "([a-z_]+)=', finish, re.MULTILINE))
     assert written == BOOT_RECORD_KEYS
-    cli = environment().get_template("aa-fullsystem.sh.j2").render(context(Config()))
+    cli = environment().get_template("cli/aa-fullsystem.sh.j2").render(context(Config()))
     for key in BOOT_RECORD_KEYS:
         assert f"\t\t{key}) _record_{key}=${{_line#*=}} ;;\n" in cli
         assert f'printf \'"{key}":%s' in cli

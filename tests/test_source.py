@@ -28,4 +28,4 @@ def test_copy_source_is_clean(tmp_path: Path) -> None:
     assert sorted(str(p.relative_to(root / "debian")) for p in (root / "debian").rglob("*") if p.is_file()) \
         == sorted(DEBIAN_FILES)
     assert not list(root.rglob("__pycache__"))
-    assert (root / "aa_pkg" / "templates" / "hook.sh.j2").is_file()
+    assert (root / "aa_pkg" / "templates" / "initramfs" / "initramfs-tools-hook.sh.j2").is_file()
