@@ -70,7 +70,8 @@ for p in /proc/[0-9]*; do
     label=$(cat "$p/attr/current" 2>/dev/null) || label="(unreadable)"
     # stat read once: a process that exits meanwhile is left out whole,
     # never listed without its parent.
-    stat=$(sed 's/.*) //' "$p/stat" 2>/dev/null) && [ -n "$stat" ] || continue
+    # (after the last ") " of the whole file: a task's name may hold ") " and newlines)
+    stat=$(cat "$p/stat" 2>/dev/null) && stat=${{stat##*) }} && [ -n "$stat" ] || continue
     start=$(echo "$stat" | cut -d ' ' -f 20)
     ppid=$(echo "$stat" | cut -d ' ' -f 2)
     # comm's first line: a task may name itself with a newline.
