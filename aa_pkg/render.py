@@ -58,6 +58,11 @@ class Paths:
         return self.share / "one-set-check"
 
     @property
+    def json_string(self) -> PurePosixPath:
+        # An awk program: its input as one JSON string (cli/json-string.awk.j2).
+        return self.share / "json-string"
+
+    @property
     def audit_reader(self) -> PurePosixPath:
         # An awk program: AppArmor's audit records in kernel log text, as
         # tab-separated fields (cli/audit-records.awk.j2).
@@ -364,6 +369,7 @@ def shipped_files(paths: Paths) -> list[Shipped]:
         Shipped("boot/dracut-pre-pivot.sh.j2", paths.dracut_module / paths.dracut_hook_name, 0o755),
         Shipped("shared/functions.sh.j2", paths.functions, 0o644),
         Shipped("cli/audit-records.awk.j2", paths.audit_reader, 0o644),
+        Shipped("cli/json-string.awk.j2", paths.json_string, 0o644),
         Shipped("initramfs/one-set-check.pl.j2", paths.one_set_check, 0o644),
         Shipped("shared/defaults.j2", paths.defaults, 0o644),
         Shipped("policy/pam-auth-update.j2", paths.pam_config, 0o644),
