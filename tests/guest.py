@@ -146,7 +146,6 @@ fi
 """
 
 
-
 def count_every_denial(root: Path) -> None:
     """Turn off the kernel's printk rate limit from early boot (sysctl.d,
     read by systemd-sysctl or procps' init script), so that no audit record
@@ -172,14 +171,22 @@ cat /run/purge.log
 """
 
 
-def leftovers(lister: str) -> str:
-    """After a purge: files of ours on the root file system, in this kernel's
-    initramfs (as LISTER, lsinitramfs or lsinitrd, lists it), and profiles
-    of ours loaded."""
+def in_initramfs(lister: str = "lsinitramfs") -> str:
+    """"@@ in_initramfs=N": how many files of ours this kernel's initramfs
+    holds, as LISTER (lsinitramfs or lsinitrd) lists them; "unread" when the
+    listing lacks the module tree every initramfs has. Leaves the listing
+    in /run/aafs-listing.txt."""
     return COUNT + f"""
-echo "@@ files_left=$(find / -xdev \\( -name '*apparmor-fullsystem*' -o -name '{PROFILE}*' \\) 2>/dev/null | tr '\\n' ' ')"
 {lister} /boot/initrd.img-$(uname -r) >/run/aafs-listing.txt 2>&1
 count in_initramfs /run/aafs-listing.txt '{INITRAMFS_PROOF}' -e apparmor-fullsystem -e {PROFILE}
+"""
+
+
+def leftovers(lister: str) -> str:
+    """After a purge: files of ours on the root file system, in this kernel's
+    initramfs (in_initramfs), and profiles of ours loaded."""
+    return in_initramfs(lister) + f"""
+echo "@@ files_left=$(find / -xdev \\( -name '*apparmor-fullsystem*' -o -name '{PROFILE}*' \\) 2>/dev/null | tr '\\n' ' ')"
 echo "@@ loaded=$(grep -c '^{PROFILE}' /sys/kernel/security/apparmor/profiles)"
 """
 

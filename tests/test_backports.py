@@ -38,7 +38,6 @@ pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
 SUITE = "trixie"
 BACKPORTS = f"{SUITE}-backports"
-ADMIN = f"{PROFILE}-admin"
 SERVICE = f"{PROFILE}-service"
 
 # A oneshot service without a profile of its own, as test_hardened's.

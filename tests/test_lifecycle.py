@@ -29,8 +29,8 @@ import pytest
 
 try:                    # tests/ imported as a package
     from . import vm
-    from .guest import (COUNT, DENIALS, FULL_PROFILE, INITRAMFS_PROOF, PROFILE, REPORT, count_every_denial,
-                        drop_stale_root, new_machine, runs_cleanly, unconfined_since_init, where)
+    from .guest import (DENIALS, FULL_PROFILE, INITRAMFS_PROOF, PROFILE, REPORT, count_every_denial,
+                        drop_stale_root, in_initramfs, new_machine, runs_cleanly, unconfined_since_init, where)
     from .conftest import SITE_PROBE_FILE_2 as SITE_FILE_2
     from .conftest import SITE_PROBE_PACKAGE as SITE_PACKAGE
     from .conftest import SITE_PROBE_PROFILE_2 as SITE_PROFILE_2
@@ -38,8 +38,8 @@ try:                    # tests/ imported as a package
     from .test_site_policy import PROBE_PROFILE as SITE_PROFILE
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
-    from guest import (COUNT, DENIALS, FULL_PROFILE, INITRAMFS_PROOF, PROFILE, REPORT, count_every_denial,
-                       drop_stale_root, new_machine, runs_cleanly, unconfined_since_init, where)
+    from guest import (DENIALS, FULL_PROFILE, INITRAMFS_PROOF, PROFILE, REPORT, count_every_denial,
+                       drop_stale_root, in_initramfs, new_machine, runs_cleanly, unconfined_since_init, where)
     from conftest import SITE_PROBE_FILE_2 as SITE_FILE_2
     from conftest import SITE_PROBE_PACKAGE as SITE_PACKAGE
     from conftest import SITE_PROBE_PROFILE_2 as SITE_PROFILE_2
@@ -69,15 +69,6 @@ echo "--- {name}: {command}"
 {command} >/root/{name}.log 2>&1
 echo "@@ {name}_exit=$?"
 cat /root/{name}.log
-"""
-
-
-# "@@ KEY=N": how many of our files the running kernel's initramfs lists
-# (unread when the listing lacks the module tree every initramfs has).
-def in_initramfs(key: str) -> str:
-    return COUNT + rf"""
-lsinitramfs /boot/initrd.img-$(uname -r) >/run/aafs-listing.txt 2>&1
-count {key} /run/aafs-listing.txt '{INITRAMFS_PROOF}' -e {PACKAGE} -e {PROFILE}
 """
 
 
@@ -192,7 +183,7 @@ count init_in_initramfs /run/aafs-listing.txt '{INITRAMFS_PROOF}' -e {PACKAGE}/i
     # Boot 6: removed, not purged: nothing of ours runs, the conffiles stay,
     # init's full profile disabled so that apparmor.service skips it. Then
     # the purge.
-    b = boot(machine, in_initramfs("in_initramfs") + rf"""
+    b = boot(machine, in_initramfs() + rf"""
 echo "@@ full_profile_kept=$(test -f {FULL_PROFILE} && echo yes)"
 echo "@@ full_profile_disabled=$(readlink /etc/apparmor.d/disable/{PROFILE})"
 echo "@@ status_dpkg=$(dpkg-query -W -f '${{db:Status-Status}}' {PACKAGE} 2>&1)"
