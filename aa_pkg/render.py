@@ -17,7 +17,7 @@ from typing import Any
 
 import jinja2
 
-from aa_pkg import integrity, settings
+from aa_pkg import findings, integrity, settings
 from aa_pkg.config import DEFAULT_PROFILE, NOT_POLICY_FILES, Config, SitePolicy
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -438,6 +438,7 @@ def context(config: Config) -> dict[str, Any]:
         "setting": {s.key: s for s in settings.SETTINGS},
         "full_stage": settings.FULL,
         "record_keys": settings.BOOT_RECORD_KEYS,
+        "findings": findings.FINDINGS,
     }
 
 

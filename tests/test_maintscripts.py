@@ -193,6 +193,10 @@ def test_broken_state_file_is_named_with_its_line(installed):
         assert state.read_text() == good.replace("STAGE=stub", "STAGE=fulll")
         status = installed.chroot_run(["aa-fullsystem", "status"], check=False)
         assert "invalid state file" in status.stdout, chroot_text(status)
+        report = json.loads(installed.chroot_run(["aa-fullsystem", "--json", "status"], check=False).stdout)
+        [invalid] = [f["message"] for f in report["findings"] if f["code"] == "state-invalid"]
+        assert f"line {line}: 'STAGE=fulll'" in invalid, report["findings"]
+        assert invalid in report["verdict"], report
     finally:
         state.write_text(good)
 
@@ -435,6 +439,31 @@ def test_status_json_is_valid_for_any_bytes(installed):
                                         '\U0001f600 \x01'), status["boot"]
     assert list(status["boot"]) == list(BOOT_RECORD_KEYS), status["boot"]
     assert {key: status["boot"][key] for key in others} == others, status["boot"]
+
+
+def test_status_findings_are_the_verdict_in_text_and_json(installed):
+    """Each problem of a boot record is a finding with a stable code; text and JSON say the same verdict."""
+    record = installed.root / "run/apparmor-fullsystem/boot"
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text("outcome=fallback\nreason=the full profile\twas refused\nloaded_stage=full\n"
+                      "init_attach=no\nearly=refused\nignored_parameters=aa_fullsystem=bogus\n"
+                      "left_out=site-a\nkept_last_good=init-full\n")
+    try:
+        text = installed.chroot_run(["aa-fullsystem", "status"], check=False).stdout
+        report = json.loads(installed.chroot_run(["aa-fullsystem", "--json", "status"], check=False).stdout)
+    finally:
+        record.unlink()
+    # A chroot on a host without AppArmor: PID 1 has no label of ours.
+    assert [f["code"] for f in report["findings"]] == [
+        "pid1-unconfined", "boot-fallback", "early-refused", "unknown-parameter", "policy-left-out",
+        "last-good-kept"], report["findings"]
+    messages = {f["code"]: f["message"] for f in report["findings"]}
+    # A tab in a recorded value stays inside its finding.
+    assert messages["boot-fallback"] == "Boot-time problem: the full profile was refused.", messages
+    assert "aa_fullsystem=bogus" in messages["unknown-parameter"], messages
+    assert "goes without site-a" in messages["policy-left-out"], messages
+    assert report["verdict"] == " ".join(f["message"] for f in report["findings"]), report
+    assert f"Verdict:      {report['verdict']}" in text.splitlines(), text
 
 
 def test_status_names_a_stale_initramfs(installed):
