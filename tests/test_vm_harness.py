@@ -89,7 +89,7 @@ def test_boot_error_says_when_the_kernel_died_before_init(tmp_path, monkeypatch,
         when="panicked " + ("after" if run_init else "before") + " /init ran",
         run_init='echo "[    1.000000] Run /init as init process"' if run_init else ":"))
     qemu.chmod(0o755)
-    monkeypatch.setattr(vm, "QEMU", str(qemu))
+    monkeypatch.setattr(vm.impl, "QEMU", str(qemu))
     machine = vm.Machine("trixie", tmp_path / "machine")
     (machine.root / "boot").mkdir(parents=True)
     (machine.root / "boot/vmlinuz-6.12.0").write_bytes(b"kernel")
