@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aa_pkg import __version__
 from aa_pkg.config import Config, load_config
 from aa_pkg.errors import AaPkgError
+from aa_pkg.settings import SETTINGS
 
 if TYPE_CHECKING:
     from aa_pkg.publish import Target
@@ -53,11 +55,30 @@ def publish_target(args: argparse.Namespace) -> Target:
 def cmd_publish(args: argparse.Namespace) -> None:
     from aa_pkg.publish import publish
 
-    new = publish(args.debs, publish_target(args))
+    new = publish(args.debs, publish_target(args), require_verified=args.require_verified,
+                  record_dir=args.record_dir)
     for deb in new:
         print(f"published {deb.package} {deb.version}")
     if not new:
         print("nothing new: every .deb is already published with the same contents")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    import json
+
+    from aa_pkg.verify import State, default_record_dir, progress_to_stderr, render_text, save_record, verify
+
+    state = State(stage=args.stage, mode=args.mode, early=args.early, level=args.level)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="aa-pkg-verify-"))
+    result = verify(args.debs, args.suite, state, workdir, backports=args.backports, accel=args.accel,
+                    progress=progress_to_stderr, timeout=args.timeout)
+    record = save_record(result, args.record_dir or default_record_dir())
+    if args.json:
+        print(json.dumps(result.as_json(), indent=2))
+    else:
+        print(render_text(result), end="")
+        print(f"Record:       {record}")
+    return 0 if result.passed else 1
 
 
 def cmd_client(args: argparse.Namespace) -> None:
@@ -108,7 +129,28 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("publish", help="add .debs to a signed apt repository")
     p.add_argument("debs", nargs="+", type=Path, metavar="DEB")
     add_repository(p)
+    p.add_argument("--require-verified", action="store_true",
+                   help="refuse a .deb without a passing 'aa-pkg verify' of the same bytes")
+    p.add_argument("--record-dir", type=Path,
+                   help="where aa-pkg verify kept its records (default: $XDG_STATE_HOME/aa-pkg/verified)")
     p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("verify", help="boot-test .debs in a fresh guest of a Debian release under qemu")
+    p.add_argument("debs", nargs="+", type=Path, metavar="DEB", help="the package and any site-policy packages")
+    p.add_argument("--suite", default="bookworm", help="the Debian release to boot (default: bookworm)")
+    p.add_argument("--backports", action="store_true", help="boot the suite's backports kernel (trixie)")
+    for setting in SETTINGS:
+        p.add_argument(f"--{setting.command}", choices=setting.values,
+                       help=f"aa-fullsystem {setting.command} before the boot (default: as installed)")
+    p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                   help="qemu's accelerator (default: KVM when /dev/kvm works on a host that is no guest)")
+    p.add_argument("--timeout", type=int, default=900, help="seconds a boot may take (default: 900)")
+    p.add_argument("--workdir", type=Path, help="where the guest is made (default: a new temporary directory)")
+    p.add_argument("--record-dir", type=Path,
+                   help="where the result is kept for publish --require-verified "
+                        "(default: $XDG_STATE_HOME/aa-pkg/verified)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("client-config", help="export the signing key and print the .sources stanza for clients")
     add_repository(p)
@@ -128,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s")
     try:
-        args.func(args)
+        status = args.func(args)
     except AaPkgError as e:
         print(f"aa-pkg: error: {e.message}", file=sys.stderr)
         if e.hint:
@@ -136,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -503,10 +503,44 @@ def locked(root: Path) -> Iterator[Path]:
         yield state
 
 
-def publish(paths: Sequence[Path], target: Target) -> list[Deb]:
-    """Add the debs and re-sign the suite, all or nothing; returns the debs the suite did not list before."""
+def verification_records(debs: Sequence[Deb], record_dir: Path, required: bool) -> dict[Deb, dict[Path, dict]]:
+    """The passing `aa-pkg verify` records of each deb's bytes; with required, a deb without one is refused."""
+    from aa_pkg.verify import passing_records
+
+    records = {deb: passing_records(deb.sha256, record_dir) for deb in debs}
+    for deb, found in records.items():
+        if required and not found:
+            raise PublishError(f"{deb.path}: no passing 'aa-pkg verify' of these bytes in {record_dir}",
+                               hint=f"run 'aa-pkg verify --record-dir {record_dir} {deb.path}' (with the site "
+                                    f"policy packages it goes with), then publish again")
+    return records
+
+
+def keep_records(records: dict[Deb, dict[Path, dict]], state: Path) -> None:
+    """Each published deb's verification records, in <repo>/.aa-pkg/verified/<package>_<version>_<arch>/.
+    After the commit: published all the same if this fails."""
+    for deb, found in records.items():
+        for path in found:
+            kept = state / "verified" / deb.filename.removesuffix(".deb")
+            try:
+                kept.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, kept / path.name)
+            except OSError as e:
+                log.warning("published, but could not keep the verification record %s in %s: %s",
+                            path, kept, e.strerror or e)
+
+
+def publish(paths: Sequence[Path], target: Target, require_verified: bool = False,
+            record_dir: Path | None = None) -> list[Deb]:
+    """Add the debs and re-sign the suite, all or nothing; returns the debs the suite did not list before.
+
+    The passing verification records of each new deb (aa-pkg verify, in record_dir) are kept with the
+    repository; with require_verified, a deb without one is refused before anything changes."""
+    from aa_pkg.verify import default_record_dir
+
     require_tools(["apt-ftparchive", "dpkg-deb", "gpg"])
     debs = check_debs(paths, target)
+    records = verification_records(debs, record_dir or default_record_dir(), require_verified)
     with repository_io(target), locked(target.root) as state:
         check_suite_link(target)
         new = plan(debs, target, served_indices(target))
@@ -522,6 +556,7 @@ def publish(paths: Sequence[Path], target: Target) -> list[Deb]:
             sign_release(target, suite_dir)
             switch_suite(target, suite_dir)
         prune_generations(target, keep={suite_dir.name, previous})
+        keep_records({deb: records[deb] for deb in new}, state)
     return new
 
 

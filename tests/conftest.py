@@ -47,7 +47,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 # 12-13 (trixie only, one test), lifecycle 10-11, hardened 8-9, early
 # 7, boot 9 in all (a shared stub machine and three more per suite),
 # sysvinit 4 (bookworm only), the harness 2.
-VM_MODULES_LONGEST_FIRST = ["test_dracut", "test_lifecycle", "test_hardened", "test_early", "test_forky", "test_backports", "test_boot",
+VM_MODULES_LONGEST_FIRST = ["test_dracut", "test_lifecycle", "test_hardened", "test_early", "test_forky", "test_backports", "test_verify", "test_boot",
                             "test_sysvinit", "test_publish", "test_vm_harness"]
 
 

@@ -1,0 +1,159 @@
+"""`aa-pkg verify` on real guests, run as users run it (the command line), and
+`aa-pkg publish --require-verified` on its records.
+
+Each test is one verify: a fresh guest of the suite from the cached base
+image, the .debs installed by apt, the state set by aa-fullsystem, one
+boot under qemu (TCG: this host is a guest itself). What it must find is
+read from its JSON, and what it says from its text.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import vm
+from aa_pkg.build import build_packages
+from aa_pkg.config import load_config
+from aa_pkg.verify import all_codes
+
+pytestmark = pytest.mark.tools
+
+PROFILE = "fullsystem-init"
+
+
+def verify(tmp_path: Path, *args: str | Path, as_json: bool = True) -> tuple[subprocess.CompletedProcess, dict]:
+    """aa-pkg verify ARGS, its records in tmp_path/records; its output, and the result it kept
+    (with as_json, the same as it printed)."""
+    vm.require_tools("qemu-system-x86_64", "mmdebstrap", "mke2fs", "debugfs")
+    vm.require_root()
+    records = tmp_path / "records"
+    done = subprocess.run([sys.executable, "-m", "aa_pkg", "verify", "--accel", "tcg", "--workdir", tmp_path / "work",
+                           "--record-dir", records, *(["--json"] if as_json else []), *map(str, args)],
+                          capture_output=True, text=True)
+    print(f"--- aa-pkg verify {' '.join(map(str, args))}: exit {done.returncode}\n{done.stderr}\n{done.stdout}")
+    [record] = records.glob("*.json")
+    result = json.loads(record.read_text())
+    if as_json:
+        assert json.loads(done.stdout) == result
+    return done, result
+
+
+def publish(tmp_path: Path, signing: tuple[Path, str], deb: Path) -> subprocess.CompletedProcess:
+    """aa-pkg publish --require-verified, with the records verify kept in tmp_path/records."""
+    return subprocess.run([sys.executable, "-m", "aa_pkg", "publish", "--repo", tmp_path / "repo",
+                           "--gnupghome", signing[0], "--key", signing[1], "--record-dir", tmp_path / "records",
+                           "--require-verified", deb], capture_output=True, text=True)
+
+
+def codes(result: dict) -> list[str]:
+    return [f["code"] for f in result["findings"]]
+
+
+@pytest.mark.parametrize("suite", vm.SUITES)
+def test_the_default_package_passes_and_may_be_published(suite: str, built_deb: Path, tmp_path: Path,
+                                                          signing: tuple[Path, str]) -> None:
+    refused = publish(tmp_path, signing, built_deb)
+    assert refused.returncode == 1, refused
+    assert refused.stderr.startswith(f"aa-pkg: error: {built_deb}: no passing 'aa-pkg verify' of these bytes"), \
+        refused
+    assert not (tmp_path / "repo/dists").exists()
+
+    done, result = verify(tmp_path, "--suite", suite, "--stage", "full", "--mode", "enforce", built_deb)
+    assert (done.returncode, result["findings"]) == (0, []), result
+    assert result["passed"] is True
+    assert result["pid1"] == f"{PROFILE} (enforce)", result
+    assert result["reached_multi_user"] and result["seconds_to_multi_user"] > 0, result
+    record = result["boot_record"]
+    assert (record["outcome"], record["loaded_stage"], record["mode"]) == ("loaded", "full", "enforce"), record
+    assert result["unconfined"] == 0 and result["refusals"] == [], result
+    assert set(result["phases"]) == {"image", "install", "stage full", "mode enforce", "boot"}, result
+
+    published = publish(tmp_path, signing, built_deb)
+    assert published.returncode == 0, published
+    assert published.stdout == "published apparmor-fullsystem 0.1\n", published
+    [kept] = (tmp_path / "repo/.aa-pkg/verified/apparmor-fullsystem_0.1_all").iterdir()
+    assert json.loads(kept.read_text()) == result
+
+
+# A realistic mistake: a site confines systemd-tmpfiles to where it
+# thought it works, /run, /tmp and /dev, and forgets the rest of what the
+# boot's systemd-tmpfiles-setup*.service runs ask of it (/var, the mount
+# tree, its peers in /proc). Site profiles load in enforce mode.
+TMPFILES_PROFILE = """abi <abi/3.0>,
+include <tunables/global>
+
+profile site-tmpfiles /usr/bin/systemd-tmpfiles {
+  include <abstractions/base>
+  include <abstractions/nameservice>
+  capability chown,
+  capability dac_override,
+  capability dac_read_search,
+  capability fowner,
+  capability fsetid,
+  capability mknod,
+  /usr/bin/systemd-tmpfiles mr,
+  /etc/machine-id r,
+  /etc/tmpfiles.d/{,**} r,
+  /usr/lib/tmpfiles.d/{,**} r,
+  /run/tmpfiles.d/{,**} r,
+  / r,
+  /run/{,**} rwk,
+  /tmp/{,**} rw,
+  /dev/{,**} rw,
+  @{PROC}/** r,
+  @{sys}/** r,
+}
+"""
+
+
+def test_a_site_policy_that_refuses_the_boot_fails(built_deb: Path, tmp_path: Path) -> None:
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles/usr.bin.systemd-tmpfiles").write_text(TMPFILES_PROFILE)
+    config = tmp_path / "policy.toml"
+    config.write_text('[site_policy]\npackage = "site-policy-tmpfiles"\nversion = "1.0"\nprofiles = "profiles"\n')
+    (site,) = build_packages(load_config(config), tmp_path / "out")
+    done, result = verify(tmp_path, "--suite", "trixie", "--stage", "full", "--mode", "enforce", built_deb, site)
+    assert done.returncode == 1, result
+    assert result["pid1"] == f"{PROFILE} (enforce)", result       # init is fine: the site profile is not
+    # systemd-tmpfiles exits 73 (CANTCREAT), which its unit counts as a
+    # success: no unit failed, and only the kernel's refusals tell.
+    assert "refused" in codes(result), result
+    [refused] = [f["message"] for f in result["findings"] if f["code"] == "refused"]
+    assert "site-tmpfiles systemd-tmpfile " in refused, refused
+    assert result["refusals"] and all(r["profile"] == "site-tmpfiles" for r in result["refusals"]), result
+
+
+def without_hook(deb: Path, out: Path) -> Path:
+    """The package, repacked with both initramfs adapters doing nothing: PID 1 is never confined."""
+    tree = out / "tree"
+    subprocess.run(["dpkg-deb", "-R", deb, tree], check=True)
+    hook = tree / "usr/share/initramfs-tools/hooks/apparmor-fullsystem"
+    hook.write_text("#!/bin/sh\nexit 0\n")
+    repacked = out / deb.name
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", tree, repacked], check=True, capture_output=True)
+    return repacked
+
+
+def test_a_package_that_does_not_confine_pid1_fails_and_is_not_published(built_deb: Path, tmp_path: Path,
+                                                                        signing: tuple[Path, str]) -> None:
+    deb = without_hook(built_deb, tmp_path)
+    done, result = verify(tmp_path, "--suite", "bookworm", deb, as_json=False)
+    assert done.returncode == 1, result
+    assert result["pid1"] == "unconfined", result
+    # The boot script still runs (initramfs-tools takes it without the
+    # hook), finds nothing the hook would have written, and says so.
+    assert codes(result)[:2] == ["pid1-unconfined", "boot-failed"], result
+    assert "boot.conf is missing" in result["findings"][1]["message"], result
+    assert set(codes(result)) <= set(all_codes()), result
+    # The text says it, finding by finding.
+    assert f"Verdict:      FAILED: {len(result['findings'])} finding(s)" in done.stdout.splitlines(), done.stdout
+    for finding in result["findings"]:
+        assert f"  {finding['code']}: {finding['message']}" in done.stdout.splitlines(), done.stdout
+    # A failing record is no pass.
+    refused = publish(tmp_path, signing, deb)
+    assert refused.returncode == 1 and "no passing 'aa-pkg verify' of these bytes" in refused.stderr, refused

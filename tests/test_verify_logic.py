@@ -1,0 +1,67 @@
+"""aa-pkg verify's decisions without a guest: the state's commands, the
+refusal of a bad state, the attach check, and which records count as a
+pass. Its boots are test_verify's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from aa_pkg.errors import AaPkgError
+from aa_pkg.findings import FINDINGS
+from aa_pkg.verify import VERIFY_FINDINGS, State, not_attached, passing_records
+
+
+def test_state_commands_keep_the_order_aa_fullsystem_allows() -> None:
+    assert State().commands() == []
+    assert State(stage="full", mode="enforce", level="hardened").commands() == [
+        ["stage", "full"], ["mode", "enforce"], ["level", "hardened"]]
+    # Back to the stub: what needs the full stage goes first.
+    assert State(stage="stub", mode="complain", early="init").commands() == [
+        ["mode", "complain"], ["early", "init"], ["stage", "stub"]]
+
+
+@pytest.mark.parametrize("state, message", [
+    ({"stage": "stub", "mode": "enforce"}, "--mode enforce with --stage stub: enforce mode needs the full stage"),
+    ({"stage": "stub", "level": "hardened"}, "--level hardened with --stage stub: the hardened level needs the full"),
+    ({"mode": "strict"}, "--mode strict: unknown mode"),
+])
+def test_a_state_aa_fullsystem_would_refuse_is_refused_first(state: dict, message: str) -> None:
+    with pytest.raises(AaPkgError) as error:
+        State(**state)
+    assert error.value.message.startswith(message), error.value.message
+
+
+def test_verify_codes_are_not_status_codes() -> None:
+    assert not set(VERIFY_FINDINGS) & set(FINDINGS)
+
+
+def test_a_process_outside_the_profile_named_for_its_program() -> None:
+    values = {
+        "profiles": "fullsystem-init (enforce)|/usr/sbin/chronyd (enforce)|ntpd (complain)|man_filter (enforce)",
+        # Its own profile, stacked on init's: attached.
+        "process.10": "/usr/sbin/chronyd//&fullsystem-init (enforce)|/usr/sbin/chronyd",
+        # Named by file name, under init's label only: not attached.
+        "process.20": "fullsystem-init (enforce)|/usr/sbin/ntpd",
+        # No profile named for it: nothing to say.
+        "process.30": "fullsystem-init (enforce)|/usr/bin/sleep",
+        "process.5": "unconfined|/usr/sbin/chronyd",
+    }
+    assert not_attached(values) == [("5", "unconfined", "/usr/sbin/chronyd"),
+                                    ("20", "fullsystem-init (enforce)", "/usr/sbin/ntpd")]
+
+
+def test_only_a_passing_record_of_the_same_bytes_counts(tmp_path: Path) -> None:
+    def keep(name: str, **record: object) -> None:
+        (tmp_path / name).write_text(json.dumps(record))
+
+    keep("bookworm-a.json", passed=True, suite="bookworm", debs={"p.deb": "aa" * 32})
+    keep("trixie-b.json", passed=False, suite="trixie", debs={"p.deb": "bb" * 32})
+    keep("trixie-c.json", passed="yes", suite="trixie", debs={"p.deb": "cc" * 32})
+    (tmp_path / "trixie-d.json").write_text("{ cut short")
+    assert list(passing_records("aa" * 32, tmp_path)) == [tmp_path / "bookworm-a.json"]
+    assert passing_records("bb" * 32, tmp_path) == {}
+    assert passing_records("cc" * 32, tmp_path) == {}
+    assert passing_records("aa" * 32, tmp_path / "none") == {}
