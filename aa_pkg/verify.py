@@ -190,12 +190,15 @@ def verify(debs: list[Path], suite: str, state: State, workdir: Path, backports:
             phase("backports", f"the {suite}-backports kernel", lambda: install_backports_kernel(machine))
         phase("install", f"apt-get install {' '.join(deb.name for deb in debs)}",
               lambda: machine.install_debs([deb.resolve() for deb in debs]))
+        probe_is_admin(machine)
         for command in state.commands():
             phase(" ".join(command), f"aa-fullsystem {' '.join(command)}",
                   lambda command=command: machine.chroot_run(["aa-fullsystem", *command]))
     except vm.ChrootError as e:
+        log = workdir / "failed-command.log"
+        log.write_text(e.output or "")
         raise AaPkgError(f"'{' '.join(e.cmd)}' failed in the {suite} guest (status {e.returncode}): "
-                         f"{last_line(e.output)}", f"the whole output: {workdir}/machine") from None
+                         f"{last_line(e.output)}", f"its whole output is in {log}") from None
     try:
         if state.early == "all":
             phase("settle", f"first boot under qemu ({accel}): precompile for the kernel",
@@ -208,6 +211,28 @@ def verify(debs: list[Path], suite: str, state: State, workdir: Path, backports:
         return result
     read_boot(result, boot)
     return result
+
+
+def probe_is_admin(machine: vm.Machine) -> None:
+    """Put the VM layer's probe, itself a service, into the administrator's role, as the console is
+    (README, "Levels"): at the hardened level a service may neither read its script from the raw disk
+    nor turn the console's log level down. The init profile's name is the installed package's."""
+    try:
+        cli = machine.read_file("/usr/sbin/aa-fullsystem").decode(errors="replace")
+        functions = re.search(r"^\. '?([^'\s]+)'?$", cli, re.MULTILINE)
+        profile = functions and re.search(r"^AAFS_PROFILE=([\w.-]+)$",
+                                          machine.read_file(functions.group(1)).decode(errors="replace"),
+                                          re.MULTILINE)
+    except OSError:
+        profile = None
+    if not profile:
+        raise AaPkgError("the .debs installed no aa-fullsystem that names its init profile",
+                         "give the apparmor-fullsystem package (or a site variant of it) among the .debs")
+    local = machine.root / "etc/apparmor.d/local" / profile.group(1)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    with local.open("a") as rules:
+        rules.write(f"# aa-pkg verify: its probe is the console's administrator.\n"
+                    f"{vm.PROBE_PATH} Px -> {profile.group(1)}-admin,\n")
 
 
 def install_backports_kernel(machine: vm.Machine) -> None:

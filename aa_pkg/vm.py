@@ -74,6 +74,9 @@ PACKAGES = (
 
 HOSTNAME = "aa-vm"
 
+# Where the probe (PROBE_SCRIPT) is installed in the guest.
+PROBE_PATH = "/usr/local/sbin/vm-probe"
+
 # The kernel modules that mount a guest's root (virtio disk, ext4): all
 # its initramfs holds, with initramfs-tools here and with dracut
 # (test_dracut).
@@ -125,14 +128,14 @@ systemctl --no-block --job-mode=replace-irreversibly start poweroff.target \
 # for gettys) also lets the rest of the boot transaction go first, and
 # counts the probe as started once it runs, so boot-up completes and
 # "systemctl is-system-running --wait" in the probe returns.
-PROBE_UNIT = """\
+PROBE_UNIT = f"""\
 [Unit]
 Description=aa-pkg probe (runs the script from /dev/vdb, powers off)
 After=multi-user.target
 
 [Service]
 Type=idle
-ExecStart=/usr/local/sbin/vm-probe
+ExecStart={PROBE_PATH}
 
 [Install]
 WantedBy=multi-user.target
@@ -162,9 +165,9 @@ echo '/dev/vda / ext4 defaults 0 1' > "$root/etc/fstab"
 echo {HOSTNAME} > "$root/etc/hostname"
 printf '127.0.0.1 localhost\\n127.0.1.1 {HOSTNAME}\\n' > "$root/etc/hosts"
 mkdir -p "$root/usr/local/sbin"
-cat > "$root/usr/local/sbin/vm-probe" <<'EOF_PROBE'
+cat > "$root{PROBE_PATH}" <<'EOF_PROBE'
 {PROBE_SCRIPT}EOF_PROBE
-chmod 755 "$root/usr/local/sbin/vm-probe"
+chmod 755 "$root{PROBE_PATH}"
 cat > "$root/etc/systemd/system/vm-probe.service" <<'EOF_UNIT'
 {PROBE_UNIT}EOF_UNIT
 mkdir -p "$root/etc/systemd/system/multi-user.target.wants"
