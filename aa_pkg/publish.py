@@ -49,6 +49,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from debian.arfile import ArError
 from debian.deb822 import Packages
@@ -503,7 +504,8 @@ def locked(root: Path) -> Iterator[Path]:
         yield state
 
 
-def verification_records(debs: Sequence[Deb], record_dir: Path, required: bool) -> dict[Deb, dict[Path, dict]]:
+def verification_records(debs: Sequence[Deb], record_dir: Path,
+                         required: bool) -> dict[Deb, dict[Path, dict[str, Any]]]:
     """The passing `aa-pkg verify` records of each deb's bytes; with required, a deb without one is refused."""
     from aa_pkg.verify import passing_records
 
@@ -516,7 +518,7 @@ def verification_records(debs: Sequence[Deb], record_dir: Path, required: bool) 
     return records
 
 
-def keep_records(records: dict[Deb, dict[Path, dict]], state: Path) -> None:
+def keep_records(records: dict[Deb, dict[Path, dict[str, Any]]], state: Path) -> None:
     """Each published deb's verification records, in <repo>/.aa-pkg/verified/<package>_<version>_<arch>/.
     After the commit: published all the same if this fails."""
     for deb, found in records.items():

@@ -15,15 +15,17 @@ boots every guest through.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, TypeVar
 
 from aa_pkg import vm
 from aa_pkg.errors import AaPkgError, ToolMissingError
@@ -53,6 +55,8 @@ TOOLS = {                       # program: the Debian package that has it
 }
 
 BACKPORTS_SUITES = ("trixie",)
+
+T = TypeVar("T")
 
 # What the guest reports, as "@@ key=value" lines (aa_pkg.vm): status's
 # JSON on one line, the failed units, the kernel's profiles, and each
@@ -125,8 +129,8 @@ class Result:
     reached_multi_user: bool = False
     seconds_to_multi_user: float | None = None
     boot_record: dict[str, str] = field(default_factory=dict)
-    refusals: list[dict] = field(default_factory=list)
-    would_refuse: list[dict] = field(default_factory=list)
+    refusals: list[dict[str, Any]] = field(default_factory=list)
+    would_refuse: list[dict[str, Any]] = field(default_factory=list)
     unconfined: int | None = None
     failed_units: list[str] = field(default_factory=list)
     phases: dict[str, float] = field(default_factory=dict)
@@ -136,7 +140,7 @@ class Result:
     def passed(self) -> bool:
         return not self.findings
 
-    def as_json(self) -> dict:
+    def as_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["passed"] = self.passed
         return out
@@ -174,7 +178,7 @@ def verify(debs: list[Path], suite: str, state: State, workdir: Path, backports:
     result = Result(suite=suite, backports=backports, state=state,
                     debs={deb.name: sha256(deb) for deb in debs}, accel=accel)
 
-    def phase(name: str, what: str, step: Callable[[], object]) -> object:
+    def phase(name: str, what: str, step: Callable[[], T]) -> T:
         progress(f"{what} ...")
         start = time.monotonic()
         value = step()
@@ -192,8 +196,8 @@ def verify(debs: list[Path], suite: str, state: State, workdir: Path, backports:
               lambda: machine.install_debs([deb.resolve() for deb in debs]))
         probe_is_admin(machine)
         for command in state.commands():
-            phase(" ".join(command), f"aa-fullsystem {' '.join(command)}",
-                  lambda command=command: machine.chroot_run(["aa-fullsystem", *command]))
+            argv = ["aa-fullsystem", *command]
+            phase(" ".join(command), " ".join(argv), functools.partial(machine.chroot_run, argv))
     except vm.ChrootError as e:
         log = workdir / "failed-command.log"
         log.write_text(e.output or "")
@@ -287,7 +291,7 @@ def read_boot(result: Result, boot: vm.Boot) -> None:
                     f"{program} (PID {process}) runs as {label}, though a profile named for it is loaded"))
 
 
-def refusal_summary(refusals: list[dict]) -> str:
+def refusal_summary(refusals: list[dict[str, Any]]) -> str:
     """The refusals, most frequent first, as "COUNTx PROFILE PROGRAM OPERATION TARGET"."""
     return "; ".join(f"{r['count']}x {r['profile']} {r['program']} {r['operation']} {r['target']}"
                      for r in refusals[:10])
@@ -318,15 +322,15 @@ def not_attached(values: dict[str, str]) -> list[tuple[str, str, str]]:
 
 def render_text(result: Result) -> str:
     lines = [
-        f"Suite:        {result.suite}{' with the backports kernel' if result.backports else ''} "
-        f"(qemu, {result.accel})",
+        (f"Suite:        {result.suite}{' with the backports kernel' if result.backports else ''} "
+         f"(qemu, {result.accel})"),
         f"Packages:     {', '.join(result.debs)}",
         f"State:        {result.state.label()}",
         f"PID 1:        {result.pid1 or 'unknown'}",
-        f"Boot record:  {result.boot_record.get('outcome', '') or 'none'}"
-        f"{': ' + result.boot_record['reason'] if result.boot_record.get('reason') else ''}",
-        f"Multi-user:   {'reached' if result.reached_multi_user else 'NOT reached'}"
-        + (f" after {result.seconds_to_multi_user:.1f} s" if result.reached_multi_user else ""),
+        (f"Boot record:  {result.boot_record.get('outcome', '') or 'none'}"
+         f"{': ' + result.boot_record['reason'] if result.boot_record.get('reason') else ''}"),
+        (f"Multi-user:   {'reached' if result.reached_multi_user else 'NOT reached'}"
+         + (f" after {result.seconds_to_multi_user:.1f} s" if result.reached_multi_user else "")),
         f"Unconfined processes: {'unknown' if result.unconfined is None else result.unconfined}",
         f"Refused (DENIED): {sum(r['count'] for r in result.refusals)}",
         *(f"  {r['count']:>6}  {r['profile']}  {r['program']}  {r['operation']}  {r['target']}"
@@ -371,7 +375,7 @@ def save_record(result: Result, directory: Path) -> Path:
     return path
 
 
-def passing_records(sha: str, directory: Path) -> dict[Path, dict]:
+def passing_records(sha: str, directory: Path) -> dict[Path, dict[str, Any]]:
     """The kept records of a passing verify of the .deb with that SHA-256 (any suite and state)."""
     out = {}
     for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
@@ -394,5 +398,16 @@ def all_codes() -> dict[str, str]:
             **VERIFY_FINDINGS}
 
 
-__all__ = ["State", "Result", "Finding", "verify", "render_text", "save_record", "passing_records",
-           "default_record_dir", "progress_to_stderr", "check_can_run", "all_codes"]
+__all__ = [
+    "Finding",
+    "Result",
+    "State",
+    "all_codes",
+    "check_can_run",
+    "default_record_dir",
+    "passing_records",
+    "progress_to_stderr",
+    "render_text",
+    "save_record",
+    "verify",
+]

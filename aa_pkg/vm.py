@@ -52,8 +52,15 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 __all__ = [
-    "SUITES", "PACKAGES", "BootError", "ChrootError", "Boot", "Machine",
-    "base_tarball", "cache_dir", "missing_tools",
+    "PACKAGES",
+    "SUITES",
+    "Boot",
+    "BootError",
+    "ChrootError",
+    "Machine",
+    "base_tarball",
+    "cache_dir",
+    "missing_tools",
 ]
 
 SUITES = ("bookworm", "trixie")
@@ -369,10 +376,10 @@ def _parse_boot(log: str, log_path: Path, wall: float, total: float
     # the first ones before it waits for start-up to finish, and systemd
     # can still be drawing its status then, so a line can begin with the
     # terminal's erase-line sequence (ESC [ K) left from that drawing.
-    header = dict(
-        m.groups()
+    header: dict[str, str] = {
+        m.group(1): m.group(2)
         for line in lines[begin + 1:script] + lines[end - 1:end]
-        if (m := re.search(r"vm-probe: ([\w.-]+)=(.*)$", line)))
+        if (m := re.search(r"vm-probe: ([\w.-]+)=(.*)$", line))}
     body = lines[script + 1:end - 1]       # drop the script-exit line
     values = {}
     for line in body:
@@ -427,7 +434,7 @@ class Machine:
         self.workdir = Path(workdir)
         self.root = self.workdir / "root"
         self.image = self.workdir / "disk.img"
-        self.transcript: list[subprocess.CompletedProcess] = []
+        self.transcript: list[subprocess.CompletedProcess[str]] = []
         self.boots: list[Boot] = []
         # Blank disks attached after the script disk (/dev/vdc, ...), kept
         # from boot to boot: add_disk().
@@ -439,7 +446,7 @@ class Machine:
         self.accel = "tcg"                   # or "kvm": usable_accel()
 
     @classmethod
-    def create(cls, suite: str, workdir: Path) -> "Machine":
+    def create(cls, suite: str, workdir: Path) -> Machine:
         """Unpack the cached base system for suite into workdir/root."""
         tarball = base_tarball(suite)
         machine = cls(suite, workdir)
@@ -458,7 +465,7 @@ class Machine:
     # -- changing the machine before its first boot ------------------------
 
     def chroot_run(self, args: list[str], check: bool = True
-                   ) -> subprocess.CompletedProcess:
+                   ) -> subprocess.CompletedProcess[str]:
         """Run args in the root with /proc, /sys, /dev, /dev/pts mounted.
 
         stdout and stderr are captured together in .stdout, and every run is
@@ -473,14 +480,14 @@ class Machine:
         proc = subprocess.run(
             cmd, env=_CHROOT_ENV, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, errors="replace")
+            text=True, errors="replace", check=False)      # checked below, with the output
         proc.args = list(args)
         self.transcript.append(proc)
         if check and proc.returncode != 0:
             raise ChrootError(proc.returncode, args, output=proc.stdout)
         return proc
 
-    def use_sysvinit(self) -> subprocess.CompletedProcess:
+    def use_sysvinit(self) -> subprocess.CompletedProcess[str]:
         """Make sysvinit-core PID 1 (it replaces systemd-sysv), the probe started from inittab."""
         result = self.install_packages(["sysvinit-core"])
         probe = self.root / "usr/local/sbin/vm-probe-sysv"
@@ -496,13 +503,13 @@ class Machine:
             self.chroot_run(["apt-get", "update"])
             self._apt_updated = True
 
-    def install_packages(self, names: list[str]) -> subprocess.CompletedProcess:
+    def install_packages(self, names: list[str]) -> subprocess.CompletedProcess[str]:
         """apt-get install packages of the suite by name (from the network)."""
         self._refuse_after_boot("install_packages")
         self.apt_update()
         return self.chroot_run(["apt-get", "install", "-y", *names])
 
-    def install_debs(self, debs: list[Path]) -> subprocess.CompletedProcess:
+    def install_debs(self, debs: list[Path]) -> subprocess.CompletedProcess[str]:
         """apt-get install the .deb files (dependencies from the network)."""
         self._refuse_after_boot("install_debs")
         dest = self.root / "root/debs"
@@ -724,7 +731,7 @@ class Machine:
         raise OSError(f"too many symlinks resolving {path} in the guest")
 
 
-def _q(path) -> str:
+def _q(path: str | PurePosixPath | Path) -> str:
     """Quote a path for a debugfs request."""
     return '"' + str(path) + '"'
 
@@ -740,7 +747,7 @@ def _tail(text: str, lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _version_key(version: str):
+def _version_key(version: str) -> list[tuple[int, int, str]]:
     """Sort key for kernel versions: 6.1.0-10 > 6.1.0-9."""
     return [(0, int(p), "") if p.isdigit() else (1, 0, p)
             for p in re.split(r"(\d+)", version) if p]
