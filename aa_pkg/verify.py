@@ -195,9 +195,17 @@ def verify(debs: list[Path], suite: str, state: State, workdir: Path, backports:
         phase("install", f"apt-get install {' '.join(deb.name for deb in debs)}",
               lambda: machine.install_debs([deb.resolve() for deb in debs]))
         probe_is_admin(machine)
-        for command in state.commands():
+        commands = state.commands()
+        for command in commands:
             argv = ["aa-fullsystem", *command]
             phase(" ".join(command), " ".join(argv), functools.partial(machine.chroot_run, argv))
+        if not commands:
+            # Each aa-fullsystem command rebuilds the initramfs; without one, the
+            # initramfs would predate probe_is_admin's line, which the policy it
+            # carries includes, and status would rightly call it stale. The VM
+            # layer's images build theirs with initramfs-tools.
+            argv = ["update-initramfs", "-u", "-k", "all"]
+            phase("rebuild", " ".join(argv), functools.partial(machine.chroot_run, argv))
     except vm.ChrootError as e:
         log = workdir / "failed-command.log"
         log.write_text(e.output or "")
