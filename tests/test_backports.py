@@ -25,6 +25,8 @@ import shlex
 
 import pytest
 
+from aa_pkg.verify import install_backports_kernel
+
 try:                    # tests/ imported as a package
     from . import vm
     from .guest import (COUNT, DENIALS, KERNEL_FIRST_LINE, PROFILE, REPORT, count_every_denial,
@@ -79,11 +81,7 @@ def backports(built_deb, tmp_path_factory) -> vm.Machine:
     vm.require_tools("qemu-system-x86_64", "mmdebstrap", "mke2fs", "debugfs")
     vm.require_root()
     machine = vm.Machine.create(SUITE, tmp_path_factory.mktemp("backports") / "machine")
-    (machine.root / "etc/apt/sources.list.d/backports.list").write_text(
-        f"deb http://deb.debian.org/debian {BACKPORTS} main\n")
-    machine.chroot_run(["apt-get", "update"])
-    machine._apt_updated = True
-    machine.chroot_run(["apt-get", "install", "-y", "--no-install-recommends", "-t", BACKPORTS, "linux-image-amd64"])
+    install_backports_kernel(machine)       # what aa-pkg verify --backports does
     machine.chroot_run(["apt-get", "install", "-y", "--no-install-recommends", "dbus", "libpam-systemd"])
     machine.install_debs([built_deb])
     root = machine.root
