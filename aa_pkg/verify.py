@@ -37,7 +37,7 @@ from aa_pkg.settings import FULL, SETTINGS
 VERIFY_FINDINGS: dict[str, str] = {
     "no-report": "The guest did not get to multi-user and the report: a hang, a panic, or a failed boot.",
     "multi-user-not-reached": "multi-user.target was not active when the boot finished.",
-    "failed-units": "Units failed during the boot.",
+    "failed-units": "Units failed during the boot, or systemctl could not list them.",
     "status-unreadable": "aa-fullsystem status gave no JSON (is the package installed?).",
     "profile-not-attached": "A process runs under another label than the profile loaded for its program.",
 }
@@ -63,7 +63,12 @@ T = TypeVar("T")
 # process's program and label.
 REPORT = r"""
 echo "@@ pid1=$(cat /proc/1/attr/current 2>&1)"
-echo "@@ failed_units=$(systemctl --failed --plain --no-legend --no-pager 2>/dev/null | cut -d' ' -f1 | paste -s -d' ' -)"
+# A systemctl that fails lists no unit: say so, never "none failed".
+if failed=$(systemctl --failed --plain --no-legend --no-pager 2>&1); then
+    echo "@@ failed_units=$(printf '%s\n' "$failed" | cut -d' ' -f1 | paste -s -d' ' -)"
+else
+    echo "@@ failed_units_unread=$(printf '%s\n' "$failed" | head -n 1)"
+fi
 echo "@@ status_json=$(aa-fullsystem --json status 2>/dev/null | tr -d '\n')"
 echo "@@ profiles=$(cat /sys/kernel/security/apparmor/profiles 2>/dev/null | paste -s -d'|' -)"
 for p in /proc/[0-9]*; do
@@ -275,6 +280,9 @@ def read_boot(result: Result, boot: vm.Boot) -> None:
                                               f"{boot.system_state or 'unknown'})"))
     if result.failed_units:
         add(Finding("failed-units", f"failed units: {' '.join(result.failed_units)}"))
+    elif "failed_units_unread" in values:
+        add(Finding("failed-units", "the failed units could not be listed: systemctl --failed said: "
+                                    f"{values['failed_units_unread'] or '(nothing)'}"))
     try:
         status = json.loads(values.get("status_json", ""))
     except ValueError:

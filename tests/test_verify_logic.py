@@ -65,3 +65,40 @@ def test_only_a_passing_record_of_the_same_bytes_counts(tmp_path: Path) -> None:
     assert passing_records("bb" * 32, tmp_path) == {}
     assert passing_records("cc" * 32, tmp_path) == {}
     assert passing_records("aa" * 32, tmp_path / "none") == {}
+
+
+@pytest.mark.parametrize("systemctl, finding", [
+    # One unit failed: named.
+    ("printf 'lvm-activate-vg0.service loaded failed failed LVM activation\\n'", "failed units: lvm-activate-vg0.service"),
+    # systemctl itself failed: no list is no proof that nothing failed.
+    ("echo 'Failed to connect to bus: No such file or directory' >&2; exit 1",
+     "the failed units could not be listed: systemctl --failed said: Failed to connect to bus"),
+    # Nothing failed: no finding.
+    ("true", None),
+])
+def test_failed_units_are_read_or_reported_unread(tmp_path: Path, systemctl: str, finding: str | None) -> None:
+    """verify's REPORT, run here with a systemctl that says what is given,
+    and read_boot's finding from its lines."""
+    import subprocess
+
+    from aa_pkg import vm
+    from aa_pkg.verify import REPORT, Result, read_boot
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text(f"#!/bin/sh\n{systemctl}\n")
+    (bin_dir / "systemctl").chmod(0o755)
+    script = REPORT.split("for p in /proc/")[0]        # the lines before the process walk
+    out = subprocess.run(["sh", "-c", script], env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
+                         capture_output=True, text=True).stdout
+    values = dict(line[3:].split("=", 1) for line in out.splitlines() if line.startswith("@@ "))
+    boot = vm.Boot(log="", log_path=tmp_path / "serial.log", reached_multi_user=True, system_state="running",
+                   output=out, values=values, script_exit=0, seconds_to_probe=1.0, wall_seconds=1.0,
+                   total_seconds=1.0)
+    result = Result(suite="trixie", backports=False, state=State(), debs={}, accel="tcg")
+    read_boot(result, boot)
+    messages = [f.message for f in result.findings if f.code == "failed-units"]
+    if finding is None:
+        assert messages == [], (out, messages)
+    else:
+        assert len(messages) == 1 and messages[0].startswith(finding), (out, messages)
