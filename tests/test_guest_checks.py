@@ -11,6 +11,7 @@ refused_to_service under the policy without the rules.)
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import subprocess
 from pathlib import Path
@@ -19,10 +20,10 @@ import pytest
 
 try:                    # tests/ imported as a package
     from . import vm
-    from .guest import COUNT, KERNEL_FIRST_LINE, newc, unconfined_since_init
+    from .guest import COUNT, KERNEL_FIRST_LINE, newc, runs_cleanly, unconfined_since_init
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
-    from guest import COUNT, KERNEL_FIRST_LINE, newc, unconfined_since_init
+    from guest import COUNT, KERNEL_FIRST_LINE, newc, runs_cleanly, unconfined_since_init
 
 
 def count(tmp_path: Path, text: str, pattern: str) -> str:
@@ -72,6 +73,24 @@ def test_no_unconfined_process_is_hidden_by_the_record() -> None:
     lying = boot_with(finished_at_cs=800, init_first_cs=200, processes=[late_start])
     with pytest.raises(AssertionError):
         unconfined_since_init(lying)
+
+
+@pytest.mark.parametrize("system_state, failed_units", [
+    ("degraded", "1"),          # a unit failed: systemd says so, and the count does
+    ("running", "1"),           # one failed after start-up finished
+    ("degraded", "0"),          # one failed and was reset before the report
+    ("running", "unread"),      # systemctl could not list them
+    ("starting", "0"),          # start-up never finished
+])
+def test_a_boot_with_a_failed_unit_does_not_run_cleanly(system_state: str, failed_units: str) -> None:
+    """runs_cleanly, which every enforce boot asserts, fails on each way a
+    boot can go wrong; it passes only on "running" with zero failed."""
+    boot = boot_with(finished_at_cs=190, init_first_cs=200, processes=[])
+    runs_cleanly(dataclasses.replace(boot, values={**boot.values, "failed_units": "0"}))
+    broken = dataclasses.replace(boot, system_state=system_state,
+                                 values={**boot.values, "failed_units": failed_units})
+    with pytest.raises(AssertionError):
+        runs_cleanly(broken)
 
 
 def test_newc_archive_is_what_cpio_reads(tmp_path: Path) -> None:
