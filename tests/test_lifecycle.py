@@ -140,7 +140,7 @@ def test_stub_full_enforce_upgrade_broken_upgrade_remove_purge(suite, built_deb,
 
     # Boot 4: the upgrade kept stage and mode; then a broken upgrade.
     b = boot(machine, DENIALS + step("broken_upgrade", f"apt-get install -y {DEBS}/{broken_full_deb.name}")
-             + 'echo "@@ audit=$(dpkg --audit | wc -l)"\n')
+             + 'echo "@@ audit=$(dpkg --audit 2>&1)exit=$?"\n')
     assert b.values["version"] == "0.2", where(b)
     assert b.values["state"].startswith("STAGE=full MODE=enforce "), where(b)
     assert b.values["pid1"] == f"{PROFILE} (enforce)", where(b)
@@ -151,7 +151,7 @@ def test_stub_full_enforce_upgrade_broken_upgrade_remove_purge(suite, built_deb,
     no_denials(b)
     runs_cleanly(b)
     assert b.values["broken_upgrade_exit"] == "0", where(b)
-    assert b.values["audit"] == "0", where(b)             # dpkg finished everything
+    assert b.values["audit"] == "exit=0", where(b)        # dpkg ran, and finished everything
     assert f"WARNING: {FULL_PROFILE} does not compile" in b.output, where(b)
     assert re.search(rf"{re.escape(FULL_PROFILE)}\b.* at line \d+", b.output), where(b)
     assert "keeps the last full-stage policy that compiled" in b.output, where(b)
@@ -191,8 +191,13 @@ echo "@@ status_dpkg=$(dpkg-query -W -f '${{db:Status-Status}}' {PACKAGE} 2>&1)"
 echo "--- left on disk"
 find /etc /usr /var /boot \( -name '*{PACKAGE}*' -o -name '*{PROFILE}*' -o -name '*{SITE_PROFILE}*' \) \
     -not -path '{DEBS}/*' -print
-echo "@@ left_on_disk=$(find /etc /usr /var /boot \( -name '*{PACKAGE}*' -o -name '*{PROFILE}*' \
-    -o -name '*{SITE_PROFILE}*' \) -not -path '{DEBS}/*' -print | wc -l)"
+# find's exit status is the proof the whole tree was read: "unread" otherwise.
+if left=$(find /etc /usr /var /boot \( -name '*{PACKAGE}*' -o -name '*{PROFILE}*' \
+        -o -name '*{SITE_PROFILE}*' \) -not -path '{DEBS}/*' -print 2>&1); then
+    echo "@@ left_on_disk=$(printf '%s' "$left" | grep -c .)"
+else
+    echo "@@ left_on_disk=unread: $(printf '%s' "$left" | tr '\n' ' ')"
+fi
 """)
     assert b.values["pid1"] == "unconfined", where(b)
     assert b.values["record"] == "absent", where(b)
