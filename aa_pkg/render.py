@@ -279,7 +279,29 @@ KERNEL_HELPERS = (
     "/usr/sbin/halt",
     "/usr/sbin/request-key",
 )
-KERNEL_HELPER_ATTACHMENT = "/usr/{" + ",".join(p.removeprefix("/usr/") for p in KERNEL_HELPERS) + "}"
+
+
+def loses_ties(path: str) -> str:
+    """An attachment for PATH that any other profile naming PATH outranks.
+
+    Two profiles whose attachments match an exec equally well are a conflict,
+    and the kernel then attaches neither (security/apparmor/domain.c,
+    find_attach, "Match is equivalent, so conflict"): a site profile for
+    /usr/bin/kmod would leave the kernel's own modprobe, which starts
+    unconfined, unconfined. The kernel ranks a match by the characters matched
+    before the first loop in the attachment's DFA (match.c, leftmatch_fb), so
+    "/usr/bin/km*d" ranks 11 where a literal "/usr/bin/kmod" ranks 13: the
+    "*" takes the second-to-last character, and so loops on it. It must
+    differ from the last, or "*" and the literal consume it together and
+    there is no loop. The wider match stays under /usr, which only the
+    package manager writes.
+    """
+    if len(path) < 3 or path[-2] == path[-1] or "/" in path[-2:]:
+        raise ValueError(f"{path}: no tie-losing attachment (the last two characters must differ)")
+    return path[:-2] + "*" + path[-1]
+
+
+KERNEL_HELPER_ATTACHMENT = "/usr/{" + ",".join(loses_ties(p).removeprefix("/usr/") for p in KERNEL_HELPERS) + "}"
 
 
 # Who runs in a role with power in the hardened level (level-hardened-init):

@@ -163,6 +163,65 @@ def probe_is_admin(root: Path) -> None:
         f"/usr/local/sbin/vm-probe Px -> {PROFILE}-admin,\n")
 
 
+# The kernel's own modprobe (module autoloading: the kernel execs it from a
+# kernel thread, unconfined, so only an attachment gives it a label): a
+# socket of a family no module provides (DECnet, gone since Linux 6.1) makes
+# the kernel run modprobe net-pf-12 every time, and an install command for
+# it, put in /run/modprobe.d by the administrator, records the label. Once
+# with the package's kernel role alone, once with a site's profile for kmod
+# loaded, which must win (render.loses_ties): an equal match would attach
+# neither, and the helper would run unconfined.
+MODPROBE_AUTOLOAD = "perl -e 'socket(S, 12, 2, 0)'"
+MODPROBE_DIR = "/usr/local/lib/aafs-modprobe"
+SITE_KMOD = "site-kmod"
+SITE_KMOD_PROFILE = f"""profile {SITE_KMOD} /usr/bin/kmod {{
+  capability,
+  network,
+  signal,
+  /{{,**}} rwlkm,
+  /** ix,
+}}
+"""
+
+
+def add_modprobe_probes(root: Path) -> None:
+    """The files modprobe_labels() uses: modprobe configurations that record
+    the label (the first also leaves a process behind, for status) and the
+    site's profile for kmod."""
+    probes = root / MODPROBE_DIR.lstrip("/")
+    probes.mkdir(parents=True, exist_ok=True)
+    (probes / "kernel.conf").write_text(
+        "install net-pf-12 /bin/sh -c 'cat /proc/self/attr/current >/run/aafs-modprobe-label;"
+        " sleep 120 </dev/null >/dev/null 2>&1 &'\n")
+    (probes / "site.conf").write_text(
+        "install net-pf-12 /bin/sh -c 'cat /proc/self/attr/current >/run/aafs-modprobe-site-label'\n")
+    (probes / SITE_KMOD).write_text(SITE_KMOD_PROFILE)
+
+
+def modprobe_labels(autoload: str = MODPROBE_AUTOLOAD, as_admin: str = "sh -c") -> str:
+    """Script: @@ modprobe_label (the kernel role's) and @@
+    modprobe_site_label (with the site's kmod profile loaded), each from an
+    autoload the command AUTOLOAD causes; the administrator's steps run
+    through AS_ADMIN (the probe is the admin where probe_is_admin applies)."""
+    return f"""
+{as_admin} 'mkdir -p /run/modprobe.d && cp {MODPROBE_DIR}/kernel.conf /run/modprobe.d/aafs-label.conf'
+{autoload}
+echo "@@ modprobe_label=$(cat /run/aafs-modprobe-label 2>&1)"
+{as_admin} 'cp {MODPROBE_DIR}/site.conf /run/modprobe.d/aafs-label.conf &&
+    apparmor_parser --replace {MODPROBE_DIR}/{SITE_KMOD}'
+{autoload}
+echo "@@ modprobe_site_label=$(cat /run/aafs-modprobe-site-label 2>&1)"
+{as_admin} 'apparmor_parser --remove {MODPROBE_DIR}/{SITE_KMOD}; rm /run/modprobe.d/aafs-label.conf'
+"""
+
+
+def assert_modprobe_labels(boot: vm.Boot, mode: str = "enforce") -> None:
+    """The kernel's modprobe ran in the kernel role, and in the site's
+    profile for kmod while that was loaded (enforced, as written)."""
+    assert boot.values["modprobe_label"] == f"{PROFILE}-kernel ({mode})", where(boot)
+    assert boot.values["modprobe_site_label"] == f"{SITE_KMOD} (enforce)", where(boot)
+
+
 # `apt-get purge` of the package, from inside the guest.
 PURGE = """
 apt-get purge -y apparmor-fullsystem >/run/purge.log 2>&1

@@ -16,7 +16,8 @@ test_hardened.
           mediation is on; the system bus answers PID 1 (systemctl over
           D-Bus) and a service's busctl call; logind runs; not one
           apparmor="DENIED" line; a service is still refused a write in
-          /boot.
+          /boot; the kernel's own modprobe runs in the kernel role, or in a
+          site's profile for kmod once one is loaded.
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ from aa_pkg.verify import install_backports_kernel
 
 try:                    # tests/ imported as a package
     from . import vm
-    from .guest import (COUNT, DENIALS, KERNEL_FIRST_LINE, PROFILE, REPORT, count_every_denial,
-                        drop_stale_root, probe_is_admin, runs_cleanly, unconfined_since_init, where)
+    from .guest import (COUNT, DENIALS, KERNEL_FIRST_LINE, PROFILE, REPORT, add_modprobe_probes,
+                        assert_modprobe_labels, count_every_denial, drop_stale_root, modprobe_labels,
+                        probe_is_admin, runs_cleanly, unconfined_since_init, where)
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
-    from guest import (COUNT, DENIALS, KERNEL_FIRST_LINE, PROFILE, REPORT, count_every_denial,
-                       drop_stale_root, probe_is_admin, runs_cleanly, unconfined_since_init, where)
+    from guest import (COUNT, DENIALS, KERNEL_FIRST_LINE, PROFILE, REPORT, add_modprobe_probes,
+                       assert_modprobe_labels, count_every_denial, drop_stale_root, modprobe_labels,
+                       probe_is_admin, runs_cleanly, unconfined_since_init, where)
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -73,7 +76,7 @@ echo "@@ pid1_over_bus=$(busctl get-property org.freedesktop.systemd1 /org/freed
 """ + REPORT + "".join(f"""
 systemctl start aafs-{name}.service
 echo "@@ service.{name}=$(systemctl show -p ExecMainStatus --value aafs-{name}.service) $(head -c 300 /run/aafs-{name}.out)"
-""" for name in SERVICE_COMMANDS) + DENIALS
+""" for name in SERVICE_COMMANDS) + modprobe_labels() + DENIALS
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +90,7 @@ def backports(built_deb, tmp_path_factory) -> vm.Machine:
     root = machine.root
     count_every_denial(root)
     probe_is_admin(root)
+    add_modprobe_probes(root)
     for name, command in SERVICE_COMMANDS.items():
         (root / f"etc/systemd/system/aafs-{name}.service").write_text(ONESHOT.format(name=name, command=command))
     for command in (["stage", "full"], ["mode", "enforce"], ["early", "all"], ["level", "hardened"]):
@@ -117,6 +121,8 @@ def test_backports_kernel_hardened_with_dbus_mediated(backports):
     assert v["pid1_over_bus"].startswith('s "'), where(b)
     assert v["service.busctl"].split(" ", 1)[0] == "0", where(b)
     assert v["service.write_boot"].split(" ", 1)[0] != "0", where(b)
+    # The kernel's modprobe in the kernel role, or in a site's kmod profile.
+    assert_modprobe_labels(b)
     # Not one refusal from the standard boot, and after the two services
     # only the write in /boot (the report, units included, was taken before).
     assert v["suppressed_dmesg"] == "0", where(b)

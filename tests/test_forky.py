@@ -13,8 +13,9 @@ so that it keeps reading its script from the raw disk at the hardened level.
           admin's commands: stage full, mode enforce, level hardened.
   boot 2  full, enforce, hardened: PID 1 fullsystem-init (enforce), the
           services in their own profiles stacked on init's and the service
-          role, the system running with no failed unit and not one
-          apparmor="DENIED" line. Then init's profile gets the attachment
+          role, the kernel's own modprobe in the kernel role (or in a site's
+          kmod profile, which outranks it), the system running with no
+          failed unit and not one apparmor="DENIED" line. Then init's profile gets the attachment
           this package shipped before forky was supported,
           /{,usr/}{lib/systemd/systemd,sbin/init}, which forky's parser
           (apparmor 4.1.8) compiles into one that attaches to nothing.
@@ -30,14 +31,14 @@ import pytest
 
 try:                    # tests/ imported as a package
     from . import vm
-    from .guest import (DENIALS, FULL_PROFILE, PROFILE, REPORT, add_profiled_services, count_every_denial,
-                        drop_stale_root, new_machine, probe_is_admin, runs_cleanly, unconfined_since_init,
-                        where)
+    from .guest import (DENIALS, FULL_PROFILE, PROFILE, REPORT, add_modprobe_probes, add_profiled_services,
+                        assert_modprobe_labels, count_every_denial, drop_stale_root, modprobe_labels,
+                        new_machine, probe_is_admin, runs_cleanly, unconfined_since_init, where)
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
-    from guest import (DENIALS, FULL_PROFILE, PROFILE, REPORT, add_profiled_services, count_every_denial,
-                       drop_stale_root, new_machine, probe_is_admin, runs_cleanly, unconfined_since_init,
-                       where)
+    from guest import (DENIALS, FULL_PROFILE, PROFILE, REPORT, add_modprobe_probes, add_profiled_services,
+                       assert_modprobe_labels, count_every_denial, drop_stale_root, modprobe_labels,
+                       new_machine, probe_is_admin, runs_cleanly, unconfined_since_init, where)
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -78,6 +79,7 @@ def forky(built_deb, tmp_path_factory) -> vm.Machine:
     root = machine.root
     count_every_denial(root)
     probe_is_admin(root)
+    add_modprobe_probes(root)
     add_profiled_services(root, {OWN: False, NNP: True})
     machine.chroot_run(["systemctl", "enable", f"{OWN}.service", f"{NNP}.service"])
     return machine
@@ -110,7 +112,7 @@ def test_forky_confines_pid1_from_install_to_hardened_enforce(forky):
         assert v[f"command.{command}"] == "0", where(b)
 
     # Boot 2: full stage, enforce mode, hardened level.
-    b = boot(forky, REPORT + SERVICES + DENIALS + BREAK_ATTACHMENT)
+    b = boot(forky, REPORT + SERVICES + modprobe_labels() + DENIALS + BREAK_ATTACHMENT)
     v = b.values
     assert v["pid1"] == f"{PROFILE} (enforce)", where(b)
     assert (v["record.loaded_stage"], v["record.mode"], v["record.level"]) == ("full", "enforce", "hardened"), where(b)
@@ -119,6 +121,9 @@ def test_forky_confines_pid1_from_install_to_hardened_enforce(forky):
     for name in (OWN, NNP):
         assert v[f"{name}.label"] == f"{name}//&{PROFILE}//&{SERVICE} (mixed)", where(b)
     assert not unconfined_since_init(b), where(b)
+    # forky's parser compiles the kernel role's attachment into one that
+    # attaches, and a site's kmod profile outranks it.
+    assert_modprobe_labels(b)
     runs_cleanly(b)
     assert v["suppressed_dmesg"] == "0", where(b)
     assert v["denied_dmesg"] == "0", where(b)

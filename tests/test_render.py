@@ -160,3 +160,27 @@ def test_stub_and_full_profile_share_the_name_and_attachment(rendered: tuple[Pat
     assert sorted(names(tree / "etc/apparmor.d/fullsystem-init").split()) == [
         "fullsystem-init", "fullsystem-init-admin", "fullsystem-init-admin//DEFAULT", "fullsystem-init-admin//root",
         "fullsystem-init-kernel", "fullsystem-init-pkg", "fullsystem-init-service", "fullsystem-init-system"]
+
+
+def test_kernel_role_attachment_loses_ties_to_a_site_profile() -> None:
+    """Each helper's attachment loops inside its own path (a "*" standing for
+    the second-to-last character, which differs from the last), so the
+    kernel ranks it below a literal attachment of the same path; shown on
+    the real kernels by the VM tests' modprobe_site_label."""
+    import re
+
+    from aa_pkg.render import KERNEL_HELPER_ATTACHMENT, KERNEL_HELPERS, loses_ties
+
+    assert loses_ties("/usr/bin/kmod") == "/usr/bin/km*d"
+    for helper in KERNEL_HELPERS:
+        pattern = loses_ties(helper)
+        regex = re.escape(pattern).replace(r"\*", "[^/]*")
+        assert re.fullmatch(regex, helper), pattern
+        # The loop consumes at least the character "*" replaced, and the
+        # literal part before it is shorter than the path.
+        looped = helper[len(pattern.split("*")[0])]
+        assert looped != helper[-1] and len(pattern.split("*")[0]) < len(helper), pattern
+        assert pattern.removeprefix("/usr/") in KERNEL_HELPER_ATTACHMENT
+    for impossible in ("/usr/bin/x", "/usr/sbin/tee", "/usr/bin/a/"):
+        with pytest.raises(ValueError, match="last two characters"):
+            loses_ties(impossible)
