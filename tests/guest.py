@@ -245,7 +245,12 @@ def leftovers(lister: str) -> str:
     """After a purge: files of ours on the root file system, in this kernel's
     initramfs (in_initramfs), and profiles of ours loaded."""
     return in_initramfs(lister) + f"""
-echo "@@ files_left=$(find / -xdev \\( -name '*apparmor-fullsystem*' -o -name '{PROFILE}*' \\) 2>/dev/null | tr '\\n' ' ')"
+# find's exit status is the proof the whole tree was read: "unread" otherwise.
+if left=$(find / -xdev \\( -name '*apparmor-fullsystem*' -o -name '{PROFILE}*' \\) -print 2>&1); then
+    echo "@@ files_left=$(printf '%s' "$left" | tr '\\n' ' ')"
+else
+    echo "@@ files_left=unread: $(printf '%s' "$left" | tr '\\n' ' ')"
+fi
 echo "@@ loaded=$(grep -c '^{PROFILE}' /sys/kernel/security/apparmor/profiles)"
 """
 
