@@ -75,22 +75,40 @@ def test_no_unconfined_process_is_hidden_by_the_record() -> None:
         unconfined_since_init(lying)
 
 
-@pytest.mark.parametrize("system_state, failed_units", [
-    ("degraded", "1"),          # a unit failed: systemd says so, and the count does
-    ("running", "1"),           # one failed after start-up finished
-    ("degraded", "0"),          # one failed and was reset before the report
-    ("running", "unread"),      # systemctl could not list them
-    ("starting", "0"),          # start-up never finished
-])
-def test_a_boot_with_a_failed_unit_does_not_run_cleanly(system_state: str, failed_units: str) -> None:
-    """runs_cleanly, which every enforce boot asserts, fails on each way a
-    boot can go wrong; it passes only on "running" with zero failed."""
+FAILED_UNIT = "apparmor.service loaded failed failed Load AppArmor profiles"
+
+
+def report_of(system_state: str, failed: list[str], count: str) -> vm.Boot:
+    """A Boot whose REPORT listed FAILED under "--- failed units" and counted COUNT."""
     boot = boot_with(finished_at_cs=190, init_first_cs=200, processes=[])
-    runs_cleanly(dataclasses.replace(boot, values={**boot.values, "failed_units": "0"}))
-    broken = dataclasses.replace(boot, system_state=system_state,
-                                 values={**boot.values, "failed_units": failed_units})
+    output = boot.output + "--- failed units\n" + "".join(f"{line}\n" for line in failed) + f"@@ failed_units={count}\n"
+    return dataclasses.replace(boot, system_state=system_state, output=output,
+                               values={**boot.values, "failed_units": count})
+
+
+@pytest.mark.parametrize("system_state, failed, count", [
+    ("degraded", [FAILED_UNIT], "1"),   # a unit failed: systemd says so, and the list does
+    ("running", [FAILED_UNIT], "1"),    # one failed after start-up finished
+    ("degraded", [], "0"),              # one failed and was reset before the report
+    ("running", [], "unread"),          # systemctl could not list them
+    ("starting", [], "0"),              # start-up never finished
+])
+def test_a_boot_with_a_failed_unit_does_not_run_cleanly(system_state: str, failed: list[str], count: str) -> None:
+    """runs_cleanly, which every enforce boot asserts, fails on each way a
+    boot can go wrong; it passes only on "running" with none failed."""
+    runs_cleanly(report_of("running", [], "0"))
     with pytest.raises(AssertionError):
-        runs_cleanly(broken)
+        runs_cleanly(report_of(system_state, failed, count))
+
+
+def test_an_allowed_failure_must_be_named() -> None:
+    """A unit a test expects to fail passes only when named, and only alone."""
+    runs_cleanly(report_of("degraded", [FAILED_UNIT], "1"), allowed_failures=("apparmor.service",))
+    with pytest.raises(AssertionError):
+        runs_cleanly(report_of("degraded", [FAILED_UNIT], "1"), allowed_failures=("ssh.service",))
+    with pytest.raises(AssertionError):
+        runs_cleanly(report_of("degraded", [FAILED_UNIT, "cron.service loaded failed failed cron"], "2"),
+                     allowed_failures=("apparmor.service",))
 
 
 def test_newc_archive_is_what_cpio_reads(tmp_path: Path) -> None:
