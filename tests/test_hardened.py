@@ -37,11 +37,14 @@ its script from the raw disk /dev/vdb and turn the console's log level down.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from aa_pkg import integrity
 
 try:                    # tests/ imported as a package
     from . import vm
@@ -57,6 +60,31 @@ except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
                        unconfined_since_init, unit, where)
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
+
+
+def concrete(pattern: str) -> list[str]:
+    """The directories an integrity.INSTRUCTIONS pattern names, spelt out:
+    each brace alternative, and "*" as a name of our own ("/run/*.d/" is
+    /run/aafs.d/, which the glob must cover as it covers tmpfiles.d)."""
+    m = re.search(r"\{([^{}]*)\}", pattern)
+    if m:
+        return [d for alt in m[1].split(",") for d in concrete(pattern[:m.start()] + alt + pattern[m.end():])]
+    return [pattern.replace("*", "aafs")]
+
+
+# Every place the threat model derives as one a program with power reads
+# instructions from (aa_pkg/integrity.py), written to in one go: a file in
+# each, the directory made first (and removed after) where there is none.
+INSTRUCTION_DIRS = [d for source in integrity.INSTRUCTIONS for d in concrete(source.path)]
+assert all(d.endswith("/") for d in INSTRUCTION_DIRS), INSTRUCTION_DIRS
+WRITE_INSTRUCTION_PLACES = f"""s=0
+for d in {" ".join(INSTRUCTION_DIRS)}; do
+    made=
+    if [ ! -d "$d" ]; then mkdir "$d" 2>/dev/null && made=1 || {{ s=1; continue; }}; fi
+    if touch "$d/aafs-probe" 2>/dev/null; then rm -f "$d/aafs-probe"; echo "written $d"; else s=1; fi
+    [ -z "$made" ] || rmdir "$d"
+done
+exit $s"""
 
 SERVICE = f"{PROFILE}-service"
 ADMIN = f"{PROFILE}-admin"
@@ -121,6 +149,8 @@ PROTECTED = {
     "write_top_level": "touch /aafs-probe && rm /aafs-probe",
     "write_run_unit": "touch /run/systemd/system/aafs-probe.service && rm /run/systemd/system/aafs-probe.service",
     "write_apt_archives": "touch /var/cache/apt/archives/aafs-probe.deb && rm /var/cache/apt/archives/aafs-probe.deb",
+    # ... and every other place of the derivation, each refused (all_refused).
+    "write_instruction_places": WRITE_INSTRUCTION_PLACES,
     # Instructions left for a program with power, end to end: each succeeds
     # only if the program ran them with power (a file in /boot).
     "udev_rule": CHAIN.format(
@@ -183,6 +213,7 @@ REFUSED_TARGET = {
     "write_top_level": ('name="/aafs-probe"',),
     "write_run_unit": ('name="/run/systemd/system/aafs-probe.service"',),
     "write_apt_archives": ('name="/var/cache/apt/archives/aafs-probe.deb"',),
+    "write_instruction_places": tuple(f'name="{d}' for d in INSTRUCTION_DIRS),
     "udev_rule": ('name="/run/udev/rules.d/',),
     "modprobe_conf": ('name="/run/modprobe.d/',),
     "login_script": ('name="/etc/update-motd.d/99-aafs"',),
@@ -192,6 +223,8 @@ REFUSED_TARGET = {
     "detached_tree": (),     # CAP_SYS_ADMIN is refused quietly: no record
 }
 assert REFUSED_TARGET.keys() == PROTECTED.keys()
+# Operations whose refusal must name every target, not one of them.
+ALL_REFUSED = {"write_instruction_places"}
 
 # A root service started by PID 1, without a profile of its own: the
 # oneshot runs OPS_DIR/NAME and keeps its exit status for `systemctl show`.
@@ -244,8 +277,9 @@ def refused_to_service(boot: vm.Boot, name: str) -> bool:
     targets = REFUSED_TARGET[name]
     if not targets:
         return "open_tree: Operation not permitted" in boot.values[f"op.{name}.service"]
-    return any(f'profile="{SERVICE}"' in record and any(t in record for t in targets)
-               for record in denied_records(boot))
+    records = [record for record in denied_records(boot) if f'profile="{SERVICE}"' in record]
+    named = [any(t in record for record in records) for t in targets]
+    return all(named) if name in ALL_REFUSED else any(named)
 
 
 LABELS = "".join(rf"""
