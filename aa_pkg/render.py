@@ -293,8 +293,9 @@ def loses_ties(path: str) -> str:
     "/usr/bin/km*d" ranks 11 where a literal "/usr/bin/kmod" ranks 13: the
     "*" takes the second-to-last character, and so loops on it. It must
     differ from the last, or "*" and the literal consume it together and
-    there is no loop. The wider match stays under /usr, which only the
-    package manager writes.
+    there is no loop. The wider match stays under /usr: no service writes
+    there at the hardened level, and at the standard level a service has
+    init's rights, which the kernel role does not exceed.
     """
     if len(path) < 3 or path[-2] == path[-1] or "/" in path[-2:]:
         raise ValueError(f"{path}: no tie-losing attachment (the last two characters must differ)")
