@@ -245,19 +245,30 @@ OWN = "aafs-probe-svc"
 NNP = "aafs-probe-nnp"
 PLAIN = "aafs-probe-plain"
 
+# The operations of one run, one after the other in one process of the
+# role: a single oneshot service (aafs-op@batch) or a single ssh login, each
+# operation's exit status and output kept apart. One unit start or login
+# per run, not per operation: under TCG each costs seconds.
+BATCH = f"""ROLE=${{ROLE:-service}}
+for name in $(cat /run/aafs-batch-names); do
+    sh {OPS_DIR}/"$name" >"/run/aafs-$ROLE-$name.out" 2>&1
+    echo $? >"/run/aafs-$ROLE-$name.status"
+done
+"""
 
 
 def run_ops(role: str, names) -> str:
-    """Shell: each operation as a service (oneshot) or as root over ssh; "@@ op.NAME.ROLE=STATUS OUTPUT"."""
-    script = ""
+    """Shell: each operation as a service (one oneshot) or as root over ssh
+    (one login); "@@ op.NAME.ROLE=STATUS OUTPUT"."""
+    names = list(names)
+    script = f"echo {' '.join(names)} >/run/aafs-batch-names\n"
+    if role == "service":
+        script += "systemctl start aafs-op@batch.service\n"
+    else:
+        script += f"{SSH} ROLE=admin sh {OPS_DIR}/batch\n"
     for name in names:
-        if role == "service":
-            script += (f"systemctl start aafs-op@{name}.service\n"
-                       f"echo \"@@ op.{name}.service=$(systemctl show -p ExecMainStatus --value aafs-op@{name}.service)"
-                       f" $(head -c 300 /run/aafs-op-{name}.out | tr '\\n' ' ')\"\n")
-        else:
-            script += (f"{SSH} sh {OPS_DIR}/{name} >/run/aafs-ssh.out 2>&1\n"
-                       f"echo \"@@ op.{name}.admin=$? $(head -c 300 /run/aafs-ssh.out | tr '\\n' ' ')\"\n")
+        script += (f"echo \"@@ op.{name}.{role}=$(cat /run/aafs-{role}-{name}.status 2>&1)"
+                   f" $(head -c 300 /run/aafs-{role}-{name}.out | tr '\\n' ' ')\"\n")
     return script
 
 
@@ -391,6 +402,7 @@ def hardened(request, built_deb, tmp_path_factory) -> vm.Machine:
     ops.mkdir(parents=True)
     for name, command in PROTECTED.items():
         (ops / name).write_text(command + "\n")
+    (ops / "batch").write_text(BATCH)
     (ops / "whoami").write_text("cat /proc/self/attr/current\n")
     (ops / "busctl").write_text("busctl call org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus GetId\n")
     (ops / "autoload").write_text(MODPROBE_AUTOLOAD + "\n")
