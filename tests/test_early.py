@@ -21,8 +21,9 @@ profile, `Pix -> &fullsystem-init`, also serves.)
           loaded, PID 1 is still confined by the text init profile, and the
           fallback is recorded and reported.
           Then, rebuilt for this kernel: that initramfs's boot script, run
-          in it with its precompiled policy cut short, is refused by the
-          kernel and falls back (early=refused); run again with
+          in it with its precompiled policy cut short (after a whole
+          profile, which the kernel then does not load either: all or
+          none), is refused by the kernel and falls back (early=refused); run again with
           aa_fullsystem=complain, it loads the init policy only and records
           that choice (early=skipped), the kernel holding init's profile
           in complain mode where the initramfs says enforce; without the
@@ -184,11 +185,17 @@ rm -rf "$unpacked"
 """
 KEPT_SUITE = "trixie"   # the hook is the same on every suite; the time is not
 
+WHOLE_FIRST = "aafs-whole-first"   # a profile that compiles, first in a set the kernel refuses
+
 REFUSED_AND_NAMESPACED = rf"""
 {ENTER_INITRAMFS}
 policy=$(find "$initramfs/{INITRAMFS_DIR}/cache" -name policy)
 [ -s "$policy" ] && echo "@@ cut.policy_found=yes"
-head -c 1000 "$policy" >"$policy.cut" && mv "$policy.cut" "$policy"
+# All or none: a whole profile the kernel does not hold yet, then the set
+# cut short. The kernel refuses the write, the whole profile included.
+printf 'profile {WHOLE_FIRST} {{\n}}\n' >/run/{WHOLE_FIRST}
+apparmor_parser -S /run/{WHOLE_FIRST} >/run/{WHOLE_FIRST}.bin 2>/dev/null && echo "@@ cut.whole_compiled=yes"
+{{ cat /run/{WHOLE_FIRST}.bin; head -c 1000 "$policy"; }} >"$policy.cut" && mv "$policy.cut" "$policy"
 # The kernel's answer to this write: its lines after the ones already there.
 logged=$(dmesg | wc -l)
 chroot "$initramfs" /scripts/init-bottom/apparmor-fullsystem
@@ -200,6 +207,11 @@ for try in 1 2 3 4 5 6 7 8 9 10; do
     sleep 0.5
 done
 echo "@@ cut.kernel_log=$refusal"
+profiles=$(cat /sys/kernel/security/apparmor/profiles)
+case $profiles in
+*"{PROFILE} ("*) echo "@@ cut.whole_loaded=$(printf '%s\n' "$profiles" | grep -c '^{WHOLE_FIRST} ')" ;;
+*) echo "@@ cut.whole_loaded=unread" ;;
+esac
 mount --bind "$initramfs{RECORD}" {RECORD}
 aa-fullsystem status
 aa-fullsystem status | grep -q "fix or remove the profile named above or in the kernel log" && echo "@@ cut.status_says_fix=yes"
@@ -338,6 +350,9 @@ def test_precompiled_policy_loaded_before_init(suite, built_deb, tmp_path):
     assert b.values["cut.outcome"] == "fallback", where(b)
     assert b.values["cut.loaded_stage"] == "full", where(b)
     assert "error=" in b.values["cut.kernel_log"], where(b)
+    # ... all or none: the whole profile that came first was not loaded.
+    assert b.values["cut.whole_compiled"] == "yes", where(b)
+    assert b.values["cut.whole_loaded"] == "0", where(b)
     assert b.values.get("cut.status_says_fix") == "yes", where(b)
     # aa_fullsystem=complain: the init policy only, by the admin's choice,
     # which is no fallback and needs no rebuild.
