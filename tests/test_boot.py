@@ -14,8 +14,8 @@ machine "stub" (module fixture, one per suite; default stage stub/complain)
     boot 2  apparmor=0 on the kernel command line
     boot 3  aa_fullsystem=off (spelt aa_fullsystem=0 on trixie)
 machine "broken" (stage full, complain)
-    a profile that does not compile is refused by `aa-fullsystem stage` and
-    by update-initramfs, which keeps the previous initramfs, or for a kernel
+    a profile that does not compile is refused by `aa-fullsystem stage`,
+    `mode`, `level` and `check`, and by update-initramfs, which keeps the previous initramfs, or for a kernel
     without one (a new kernel) builds one without init's full profile
     boot 1  PID 1 still confined with the full profile it had
     boot 2  the new kernel's initramfs: the stub, and the record says why
@@ -337,6 +337,15 @@ def test_broken_policy_is_refused_and_boot_keeps_what_it_had(suite, built_deb, t
     print(f"--- {suite}: aa-fullsystem stage full with a broken profile\n{refused.stdout}")
     assert refused.returncode == 1, chroot_text(refused)
     assert where_bad.search(refused.stdout), chroot_text(refused)
+    assert machine.read_file(STATE) == state
+    assert sha256(machine, initrd) == initrd_sha
+    # ... as do the other commands that apply or check a state (README:
+    # `aa-fullsystem stage|mode|check` refuse it with the parser's message).
+    for command in (["mode", "enforce"], ["level", "hardened"], ["check"]):
+        refused = machine.chroot_run(["aa-fullsystem", *command], check=False)
+        print(f"--- {suite}: aa-fullsystem {' '.join(command)} with a broken profile\n{refused.stdout}")
+        assert refused.returncode == 1, chroot_text(refused)
+        assert where_bad.search(refused.stdout), chroot_text(refused)
     assert machine.read_file(STATE) == state
     assert sha256(machine, initrd) == initrd_sha
 
