@@ -372,6 +372,43 @@ def add_profiled_services(root: Path, services: dict[str, bool]) -> None:
         (root / f"etc/systemd/system/{name}.service").write_text(unit(f"/usr/local/bin/{name}", nnp))
 
 
+# Asking PID 1 to run a program with power (README, threat model): a root
+# service without a profile writes a profile of its own into /run and has
+# PID 1 run apparmor_parser on it (systemd-run), which init's exec rules put
+# in the system role. forky's systemd-run asks through the system bus, so
+# the guest needs dbus. Not refused on any Debian release (README:
+# fine-grained AF_UNIX mediation needs network_v9 in the kernel and a
+# parser that compiles it, apparmor 5.0; Debian 13 and 14 ship 4.1).
+ASKED = "aafs-asked-pid1"
+ASK_PID1_UNIT = f"""[Service]
+Type=oneshot
+StandardOutput=file:/run/{ASKED}.out
+StandardError=inherit
+ExecStart=/bin/sh -c 'echo "profile {ASKED} {{}}" >/run/{ASKED}.apparmor && \\
+    systemd-run --wait --quiet /usr/sbin/apparmor_parser -r /run/{ASKED}.apparmor'
+"""
+ASK_PID1 = f"""
+systemctl start {ASKED}.service
+echo "@@ ask_pid1.status=$(systemctl show -p ExecMainStatus --value {ASKED}.service)"
+echo "--- {ASKED}'s output"; cat /run/{ASKED}.out
+echo "@@ ask_pid1.loaded=$(grep '^{ASKED} ' /sys/kernel/security/apparmor/profiles)"
+"""
+
+
+def add_ask_pid1(root: Path) -> None:
+    """In a guest's root: the service of ASK_PID1."""
+    (root / f"etc/systemd/system/{ASKED}.service").write_text(ASK_PID1_UNIT)
+
+
+def assert_pid1_asked(boot: vm.Boot) -> None:
+    """ASK_PID1 got through: the service's request ran, and the kernel holds
+    the profile it loaded. The hole the README admits; when a parser closes
+    it, this fails, and the README's table changes with it."""
+    v = boot.values
+    assert v["ask_pid1.status"] == "0", where(boot)
+    assert v["ask_pid1.loaded"] == f"{ASKED} (enforce)", where(boot)
+
+
 def failed_units(boot: vm.Boot) -> list[str]:
     """The units REPORT listed as failed (its "--- failed units" section)."""
     assert "--- failed units\n" in boot.output, f"no list of failed units\n{where(boot)}"

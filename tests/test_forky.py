@@ -1,6 +1,6 @@
 """Debian 14 (forky, testing at the time of writing): PID 1 confined there too.
 
-One guest, the package installed with apt into a minimal forky, a service
+One guest, the package installed with apt into a minimal forky with dbus, a service
 whose program has a profile of its own (and one with NoNewPrivileges=), and
 the harness's probe given the administrator's role (as in test_hardened),
 so that it keeps reading its script from the raw disk at the hardened level.
@@ -15,7 +15,10 @@ so that it keeps reading its script from the raw disk at the hardened level.
           services in their own profiles stacked on init's and the service
           role, the kernel's own modprobe in the kernel role (or in a site's
           kmod profile, which outranks it), the system running with no
-          failed unit and not one apparmor="DENIED" line. Then init's profile gets the attachment
+          failed unit and not one apparmor="DENIED" line, dbus-daemon
+          mediating D-Bus with AppArmor in the service role; a root service
+          still gets PID 1 to run apparmor_parser for it (the hole the
+          README admits). Then init's profile gets the attachment
           this package shipped before forky was supported,
           /{,usr/}{lib/systemd/systemd,sbin/init}, which forky's parser
           (apparmor 4.1.8) compiles into one that attaches to nothing.
@@ -31,14 +34,16 @@ import pytest
 
 try:                    # tests/ imported as a package
     from . import vm
-    from .guest import (DENIALS, FULL_PROFILE, PROFILE, REPORT, add_modprobe_probes, add_profiled_services,
-                        assert_modprobe_labels, count_every_denial, drop_stale_root, modprobe_labels,
-                        new_machine, probe_is_admin, runs_cleanly, unconfined_since_init, where)
+    from .guest import (ASK_PID1, DENIALS, FULL_PROFILE, PROFILE, REPORT, add_ask_pid1, add_modprobe_probes,
+                        add_profiled_services, assert_modprobe_labels, assert_pid1_asked, count_every_denial,
+                        drop_stale_root, modprobe_labels, new_machine, probe_is_admin, runs_cleanly,
+                        unconfined_since_init, where)
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
-    from guest import (DENIALS, FULL_PROFILE, PROFILE, REPORT, add_modprobe_probes, add_profiled_services,
-                       assert_modprobe_labels, count_every_denial, drop_stale_root, modprobe_labels,
-                       new_machine, probe_is_admin, runs_cleanly, unconfined_since_init, where)
+    from guest import (ASK_PID1, DENIALS, FULL_PROFILE, PROFILE, REPORT, add_ask_pid1, add_modprobe_probes,
+                       add_profiled_services, assert_modprobe_labels, assert_pid1_asked, count_every_denial,
+                       drop_stale_root, modprobe_labels, new_machine, probe_is_admin, runs_cleanly,
+                       unconfined_since_init, where)
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -55,6 +60,12 @@ echo "@@ {name}.label=$(cat /proc/$pid/attr/current 2>&1)"
 """ for name in (OWN, NNP)) + r"""
 echo "@@ libapparmor=$(dpkg-query -W -f '${Status}' libapparmor1 2>&1)"
 """ + STATUS_JSON
+
+DBUS = r"""
+pid=$(systemctl show -p MainPID --value dbus.service)
+echo "@@ dbus.label=$(cat /proc/$pid/attr/current 2>&1)"
+echo "@@ dbus_log=$(journalctl -b -u dbus.service --no-pager -o cat | grep -i apparmor | tr '\n' ' ')"
+"""
 
 HARDEN = """
 for command in "stage full" "mode enforce" "level hardened"; do
@@ -81,6 +92,10 @@ def forky(built_deb, tmp_path_factory) -> vm.Machine:
     probe_is_admin(root)
     add_modprobe_probes(root)
     add_profiled_services(root, {OWN: False, NNP: True})
+    add_ask_pid1(root)
+    # The system bus, as on most systems: D-Bus mediated by this kernel,
+    # and the bus forky's systemd-run asks PID 1 through.
+    machine.chroot_run(["apt-get", "install", "-y", "--no-install-recommends", "dbus", "libpam-systemd"])
     machine.chroot_run(["systemctl", "enable", f"{OWN}.service", f"{NNP}.service"])
     return machine
 
@@ -112,7 +127,7 @@ def test_forky_confines_pid1_from_install_to_hardened_enforce(forky):
         assert v[f"command.{command}"] == "0", where(b)
 
     # Boot 2: full stage, enforce mode, hardened level.
-    b = boot(forky, REPORT + SERVICES + modprobe_labels() + DENIALS + BREAK_ATTACHMENT)
+    b = boot(forky, REPORT + SERVICES + DBUS + ASK_PID1 + modprobe_labels() + DENIALS + BREAK_ATTACHMENT)
     v = b.values
     assert v["pid1"] == f"{PROFILE} (enforce)", where(b)
     assert (v["record.loaded_stage"], v["record.mode"], v["record.level"]) == ("full", "enforce", "hardened"), where(b)
@@ -124,6 +139,12 @@ def test_forky_confines_pid1_from_install_to_hardened_enforce(forky):
     # forky's parser compiles the kernel role's attachment into one that
     # attaches, and a site's kmod profile outranks it.
     assert_modprobe_labels(b)
+    # dbus-daemon mediates with AppArmor on this kernel, in the service role.
+    assert v["dbus.label"] == f"{PROFILE}//&{SERVICE} (enforce)", where(b)
+    assert "AppArmor D-Bus mediation is enabled" in v["dbus_log"], where(b)
+    # A root service still gets PID 1 to run apparmor_parser for it: forky's
+    # 7.x kernel mediates AF_UNIX, its parser (apparmor 4.1.8) cannot (README).
+    assert_pid1_asked(b)
     runs_cleanly(b)
     assert v["suppressed_dmesg"] == "0", where(b)
     assert v["denied_dmesg"] == "0", where(b)

@@ -48,16 +48,16 @@ from aa_pkg import integrity
 
 try:                    # tests/ imported as a package
     from . import vm
-    from .guest import (COUNT, DENIALS, KERNEL_FIRST_LINE, MODPROBE_AUTOLOAD, PROFILE, REPORT,
-                        add_modprobe_probes, add_profiled_services, assert_modprobe_labels,
-                        count_every_denial, drop_stale_root, modprobe_labels, probe_is_admin, runs_cleanly,
-                        unconfined_since_init, unit, where)
+    from .guest import (ASK_PID1, COUNT, DENIALS, KERNEL_FIRST_LINE, MODPROBE_AUTOLOAD, PROFILE, REPORT,
+                        add_ask_pid1, add_modprobe_probes, add_profiled_services, assert_modprobe_labels,
+                        assert_pid1_asked, count_every_denial, drop_stale_root, modprobe_labels, probe_is_admin,
+                        runs_cleanly, unconfined_since_init, unit, where)
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
-    from guest import (COUNT, DENIALS, KERNEL_FIRST_LINE, MODPROBE_AUTOLOAD, PROFILE, REPORT,
-                       add_modprobe_probes, add_profiled_services, assert_modprobe_labels,
-                       count_every_denial, drop_stale_root, modprobe_labels, probe_is_admin, runs_cleanly,
-                       unconfined_since_init, unit, where)
+    from guest import (ASK_PID1, COUNT, DENIALS, KERNEL_FIRST_LINE, MODPROBE_AUTOLOAD, PROFILE, REPORT,
+                       add_ask_pid1, add_modprobe_probes, add_profiled_services, assert_modprobe_labels,
+                       assert_pid1_asked, count_every_denial, drop_stale_root, modprobe_labels, probe_is_admin,
+                       runs_cleanly, unconfined_since_init, unit, where)
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -408,6 +408,7 @@ def hardened(request, built_deb, tmp_path_factory) -> vm.Machine:
     (ops / "autoload").write_text(MODPROBE_AUTOLOAD + "\n")
     (ops / "login_as_user").write_text(LOGIN_AS_USER)
     add_modprobe_probes(root)
+    add_ask_pid1(root)
     machine.chroot_run(["systemctl", "enable", f"{OWN}.service", f"{NNP}.service", f"{PLAIN}.service",
                         f"{LOAD_PROFILE}.service"])
     machine.chroot_run(["sh", "-c", ("mkdir -p -m 700 /root/.ssh && ssh-keygen -q -t ed25519 -N '' -f /root/.ssh/id_ed25519"
@@ -543,7 +544,7 @@ cat /run/level.log
 def test_hardened_enforced_refuses_services_and_keeps_the_admin(hardened):
     machine = hardened
     b = boot(machine, DENIED_AT_START + REPORT + LABELS + run_ops("service", PROTECTED) + run_ops("admin", PROTECTED)
-             + KERNEL_HELPER + USER_SESSION + PROFILE_LOADED + MAKE_LVM + DENIALS + STATUS + WITHOUT_JOURNAL + REINSTALL_KERNEL)
+             + KERNEL_HELPER + USER_SESSION + PROFILE_LOADED + ASK_PID1 + MAKE_LVM + DENIALS + STATUS + WITHOUT_JOURNAL + REINSTALL_KERNEL)
     v = b.values
     assert v["pid1"] == f"{PROFILE} (enforce)", where(b)
     assert v["record.level"] == "hardened" and v["record.loaded_stage"] == "full", where(b)
@@ -587,6 +588,9 @@ def test_hardened_enforced_refuses_services_and_keeps_the_admin(hardened):
     # A service that loads a profile of its own did; the administrator made
     # a volume group on the second disk for the next boots.
     assert v["load_profile"] == "success", where(b)
+    # What the threat model admits: a root service gets PID 1 to run
+    # apparmor_parser, in the system role, for a profile of its choosing.
+    assert_pid1_asked(b)
     assert v["lvm_created"] == "0", where(b)
     for name in (OWN, NNP):
         # Its own profile (complain), stacked on init's and the service role.
