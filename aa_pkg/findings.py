@@ -30,7 +30,7 @@ FINDINGS: dict[str, str] = {
     "logins-all-admin": "Hardened level without pam_apparmor: every login gets the administrator's role.",
     "no-new-privs": "Programs started with no_new_privs could not enter their own profiles.",
     "refused": "The kernel refused operations this boot (apparmor=\"DENIED\").",
-    "would-refuse": "In complain mode, the service role logged what enforce mode would refuse (apparmor=\"AUDIT\").",
+    "would-refuse": "In complain mode, the service role logged what enforce mode would refuse (apparmor=\"AUDIT\" or \"ALLOWED\").",
     "unconfined-after-init": "A process started after init runs unconfined.",
     "initramfs-leftovers": "Processes started in the initramfs still run, unconfined until they exit.",
     "reboot-pending": "The configured stage differs from what this boot loaded.",
