@@ -127,10 +127,11 @@ INITRAMFS_PROOF = "lib/modules/"
 DENIALS = COUNT + rf"""
 dmesg >/run/aafs-dmesg.txt 2>&1
 echo "--- AppArmor messages in dmesg"
-grep -e 'apparmor="DENIED"' -e 'apparmor="ALLOWED"' \
+grep -e 'apparmor="DENIED"' -e 'apparmor="ALLOWED"' -e 'apparmor="AUDIT"' \
     -e 'callbacks suppressed' -e 'printk limit exceeded' -e 'audit_lost' /run/aafs-dmesg.txt
 count denied_dmesg /run/aafs-dmesg.txt '{KERNEL_FIRST_LINE}' -e 'apparmor="DENIED"'
 count allowed_dmesg /run/aafs-dmesg.txt '{KERNEL_FIRST_LINE}' -e 'apparmor="ALLOWED"'
+count audit_dmesg /run/aafs-dmesg.txt '{KERNEL_FIRST_LINE}' -e 'apparmor="AUDIT"'
 # Audit records printed by the kernel are rate-limited (printk_ratelimit):
 # a count of zero only means something if none was dropped.
 count suppressed_dmesg /run/aafs-dmesg.txt '{KERNEL_FIRST_LINE}' \

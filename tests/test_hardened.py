@@ -22,10 +22,16 @@ rebuilds it in the guest, precompiling the whole policy, roles included.
   boot 3  the initramfs the kernel's reinstall built, the whole policy
           precompiled: zero DENIED again; unattended-upgrades, started by
           PID 1, upgrades a package whose postinst runs update-initramfs.
-          Then `aa-fullsystem level standard`.
-  boot 4  the standard level: services run with init's rights again. Every
+          Then `aa-fullsystem mode complain`.
+  boot 4  hardened, complain: each protected operation runs for the
+          service, and the kernel logs each (but a hard link, which no rule
+          refuses) as apparmor="AUDIT" or "ALLOWED" naming its target;
+          nothing is refused, and status counts all the records the kernel
+          logged. Then `mode enforce` and `level standard`.
+  boot 5  the standard level: services run with init's rights again. Every
           protected operation, run by the same service, succeeds, and the
-          check that found each refused in boot 1 says "not refused": the
+          check that found each refused in boot 1 says "not refused" (and no
+          AUDIT record is left, the complain roles gone with the level): the
           policy without its rules, shown failing each check.
 
 The boot script is the harness's probe (tests/vm.py), itself a service: a
@@ -143,6 +149,30 @@ PROTECTED = {
     "write_sysctl": "v=$(cat /proc/sys/kernel/sysrq) && echo \"$v\" >/proc/sys/kernel/sysrq",
     "write_ld_preload": "touch /etc/ld.so.preload && rm /etc/ld.so.preload",
     "ptrace_init": "perl -e 'open(my $f, \"<\", \"/proc/1/mem\") or die \"$!\\n\"'",
+    # BPF and perf (CAP_BPF, CAP_PERFMON; CAP_SYS_ADMIN, which the kernel
+    # takes in their place, is refused quietly): a hash map (bpf(2) 321,
+    # BPF_MAP_CREATE), a CPU clock counting the kernel too (perf_event_open
+    # 298), which upstream gives only with CAP_PERFMON from
+    # perf_event_paranoid 2 and Debian only with CAP_SYS_ADMIN at its 3.
+    "load_bpf": "perl -e 'my $a = pack(\"L4\", 1, 4, 4, 1) . (\"\\0\" x 104);"
+                " syscall(321, 0, $a, length $a) >= 0 or die \"bpf: $!\\n\"'",
+    "open_perf": "perl -e 'my $a = pack(\"LLQQQQQ\", 1, 64, 0, 0, 0, 0, 1) . (\"\\0\" x 16);"
+                 " syscall(298, $a, 0, -1, -1, 0) >= 0 or die \"perf_event_open: $!\\n\"'",
+    # The kernel's own settings in /sys, each written back as it is.
+    "write_sys_kernel": "f=/sys/kernel/mm/transparent_hugepage/enabled"
+                        " && v=$(sed -n 's/.*\\[\\(.*\\)\\].*/\\1/p' $f) && echo \"$v\" >$f",
+    "write_module_param": "f=/sys/module/printk/parameters/time && v=$(cat $f) && echo \"$v\" >$f",
+    # A driver bound by hand: the first PCI device's override, cleared
+    # (it has none).
+    "write_driver_override": "d=$(ls -d /sys/bus/pci/devices/* | head -n 1) && echo >\"$d/driver_override\"",
+    # A new input device (keystrokes into the administrator's console), and
+    # an MSR (msr is loaded by the boot script, a service may not load it).
+    "open_uinput": "perl -e 'open(my $f, \">\", \"/dev/uinput\") or die \"$!\\n\"'",
+    "read_msr": "dd if=/dev/cpu/0/msr of=/dev/null bs=8 count=1 skip=2 status=none",
+    # Another role's profile for the next exec, and a process of a role with
+    # power (sshd, the administrator's).
+    "change_profile": f"aa-exec -p {PROFILE}-admin -- true",
+    "ptrace_admin": "pid=$(pidof -s sshd) && perl -e 'open(my $f, \"<\", \"/proc/$ARGV[0]/mem\") or die \"$!\\n\"' \"$pid\"",
     # Not on any list: /etc, /opt and the top level are the system's (the rule).
     "write_etc": "touch /etc/aafs-probe && rm /etc/aafs-probe",
     "write_opt": "mkdir -p /opt && touch /opt/aafs-probe && rm /opt/aafs-probe",
@@ -208,6 +238,15 @@ REFUSED_TARGET = {
     "write_sysctl": ('name="/proc/sys/kernel/sysrq"',),
     "write_ld_preload": ('name="/etc/ld.so.preload"',),
     "ptrace_init": (f'peer="{PROFILE}"',),
+    "load_bpf": ('capname="bpf"',),
+    "open_perf": (),         # CAP_SYS_ADMIN first (QUIET_REFUSAL)
+    "write_sys_kernel": ('name="/sys/kernel/mm/transparent_hugepage/enabled"',),
+    "write_module_param": ('name="/sys/module/printk/parameters/time"',),
+    "write_driver_override": ('/driver_override"',),
+    "open_uinput": ('name="/dev/uinput"',),
+    "read_msr": ('name="/dev/cpu/0/msr"',),
+    "change_profile": ('operation="change_onexec"',),
+    "ptrace_admin": (f'peer="{PROFILE}-admin',),
     "write_etc": ('name="/etc/aafs-probe"',),
     "write_opt": ('name="/opt/',),
     "write_top_level": ('name="/aafs-probe"',),
@@ -223,6 +262,23 @@ REFUSED_TARGET = {
     "detached_tree": (),     # CAP_SYS_ADMIN is refused quietly: no record
 }
 assert REFUSED_TARGET.keys() == PROTECTED.keys()
+# Refused in enforce mode, yet not logged in complain mode: a hard link is
+# refused by AppArmor's link subset rule (the link's rights must be its
+# target's), not by a rule, so complain mode has nothing to audit (an
+# "audit link /** -> TARGET" rule in the complain roles logged nothing
+# either, on 6.1 and 6.12).
+UNLOGGED_IN_COMPLAIN = {"hard_link"}
+# Operations the kernel refuses for want of CAP_SYS_ADMIN, which the
+# service role refuses quietly (no record): the error the service gets.
+QUIET_REFUSAL = {
+    "detached_tree": "open_tree: Operation not permitted",
+    # Debian's kernel asks for CAP_SYS_ADMIN at kernel.perf_event_paranoid=3,
+    # its default, before any other check ("security,perf: Allow further
+    # restriction of perf_event_open").
+    "open_perf": "perf_event_open: Permission denied",
+}
+assert all(not REFUSED_TARGET[name] for name in QUIET_REFUSAL)
+assert all(REFUSED_TARGET[name] for name in PROTECTED if name not in QUIET_REFUSAL)
 # Operations whose refusal must name every target, not one of them.
 ALL_REFUSED = {"write_instruction_places"}
 
@@ -261,7 +317,9 @@ def run_ops(role: str, names) -> str:
     """Shell: each operation as a service (one oneshot) or as root over ssh
     (one login); "@@ op.NAME.ROLE=STATUS OUTPUT"."""
     names = list(names)
-    script = f"echo {' '.join(names)} >/run/aafs-batch-names\n"
+    # read_msr's device: loading its driver is itself protected.
+    script = "modprobe msr\n" if "read_msr" in names else ""
+    script += f"echo {' '.join(names)} >/run/aafs-batch-names\n"
     if role == "service":
         script += "systemctl start aafs-op@batch.service\n"
     else:
@@ -277,6 +335,28 @@ def denied_records(boot: vm.Boot) -> list[str]:
     return [line for line in boot.output.splitlines() if 'apparmor="DENIED"' in line and "audit:" in line]
 
 
+def audit_records(boot: vm.Boot) -> list[str]:
+    """The kernel's records of what complain mode let through, as DENIALS
+    printed them: apparmor="AUDIT" (an audit rule's, which complain mode's
+    roles have instead of deny rules) and apparmor="ALLOWED" (no rule at
+    all, e.g. for changing profile)."""
+    return [line for line in boot.output.splitlines()
+            if ('apparmor="AUDIT"' in line or 'apparmor="ALLOWED"' in line) and "audit:" in line]
+
+
+def audited_for_service(boot: vm.Boot, name: str) -> bool:
+    """Whether operation NAME, in complain mode, ran for the service and left
+    the record of what enforce mode refuses: an AUDIT (or ALLOWED) record of
+    the service role naming its target (every target where enforce mode
+    must refuse every one). An operation whose refusal leaves no record has
+    none here."""
+    if status(boot.values[f"op.{name}.service"]) != "0":
+        return False
+    records = [record for record in audit_records(boot) if f'profile="{SERVICE}"' in record]
+    named = [any(t in record for record in records) for t in REFUSED_TARGET[name]]
+    return all(named) if name in ALL_REFUSED else any(named)
+
+
 def refused_to_service(boot: vm.Boot, name: str) -> bool:
     """Whether the kernel refused operation NAME to the service: its run
     failed, and a DENIED record of the service role names its target
@@ -287,7 +367,7 @@ def refused_to_service(boot: vm.Boot, name: str) -> bool:
         return False
     targets = REFUSED_TARGET[name]
     if not targets:
-        return "open_tree: Operation not permitted" in boot.values[f"op.{name}.service"]
+        return QUIET_REFUSAL[name] in boot.values[f"op.{name}.service"]
     records = [record for record in denied_records(boot) if f'profile="{SERVICE}"' in record]
     named = [any(t in record for record in records) for t in targets]
     return all(named) if name in ALL_REFUSED else any(named)
@@ -534,8 +614,14 @@ echo "--- unattended-upgrades' log"
 cat /var/log/unattended-upgrades/unattended-upgrades.log
 """
 
+MODE_COMPLAIN = """
+aa-fullsystem mode complain >/run/mode.log 2>&1
+echo "@@ mode_complain_exit=$?"
+cat /run/mode.log
+"""
+
 LEVEL_STANDARD = """
-aa-fullsystem level standard >/run/level.log 2>&1
+aa-fullsystem mode enforce >/run/level.log 2>&1 && aa-fullsystem level standard >>/run/level.log 2>&1
 echo "@@ level_standard_exit=$?"
 cat /run/level.log
 """ + recount("denied_after_level_standard")
@@ -651,7 +737,7 @@ def test_hardened_enforced_refuses_services_and_keeps_the_admin(hardened):
     # postinst runs update-initramfs; then back to the standard level.
     # Denials counted after the upgrade: package management refused nothing.
     b = boot(machine, DENIED_AT_START + REPORT + LVM_AT_BOOT + PROFILE_LOADED + UNATTENDED_UPGRADE + DENIALS
-             + LEVEL_STANDARD)
+             + MODE_COMPLAIN)
     v = b.values
     assert v["initrd_before_uu"] == machine.boots[0].values["initrd_after"], where(b)
     assert v["pid1"] == f"{PROFILE} (enforce)" and v["record.level"] == "hardened", where(b)
@@ -670,10 +756,41 @@ def test_hardened_enforced_refuses_services_and_keeps_the_admin(hardened):
     assert v["uu_postinst_label"] == f"{PKG} (enforce)", where(b)
     assert v["initrd_after_uu"] != v["initrd_before_uu"], where(b)
     assert v["denied_dmesg"] == "0", where(b)
+    assert v["mode_complain_exit"] == "0", where(b)
+
+    # Boot 4: the hardened level in complain mode: each protected operation
+    # runs for the service, and the kernel logs what enforce mode refuses,
+    # apparmor="AUDIT", naming its target; nothing is refused; status counts
+    # what the kernel logged. Then enforce mode again, at the standard level.
+    # A larger audit backlog: the complain boot's early records overflowed
+    # the default 64 before journald read them (audit_lost=3 at 10 s, trixie).
+    b = boot(machine, REPORT + LABELS + run_ops("service", PROTECTED) + DENIALS + STATUS + LEVEL_STANDARD,
+             append="audit_backlog_limit=8192")
+    v = b.values
+    assert v["pid1"] == f"{PROFILE} (complain)", where(b)
+    assert (v["record.level"], v["record.mode"]) == ("hardened", "complain"), where(b)
+    assert v[f"{PLAIN}.label"] == f"{PROFILE}//&{SERVICE} (complain)", where(b)
+    runs_cleanly(b)
+    assert v["suppressed_dmesg"] == "0", where(b)
+    assert v["denied_dmesg"] == "0", where(b)
+    not_audited = [name for name in PROTECTED
+                   if REFUSED_TARGET[name] and name not in UNLOGGED_IN_COMPLAIN and not audited_for_service(b, name)]
+    assert not not_audited, f"not run, or run without its AUDIT record: {not_audited}\n{where(b)}"
+    # What complain mode lets through without a word (README, threat model).
+    assert all(status(v[f"op.{name}.service"]) == "0" and not audited_for_service(b, name)
+               for name in UNLOGGED_IN_COMPLAIN), where(b)
+    # CAP_SYS_ADMIN: no rule in complain mode, so nothing to log either.
+    assert all(status(v[f"op.{name}.service"]) == "0" for name in QUIET_REFUSAL), where(b)
+    service_records = [record for record in audit_records(b) if f'profile="{SERVICE}"' in record]
+    # (at least: the kernel's audit thread may print a record after the
+    # snapshot DENIALS took, and status reads the log later)
+    report = json.loads(v["status_json"])
+    assert report["would_deny_count"] >= len(service_records) > 0, report
+    assert "Refused in enforce mode: " in b.output, where(b)
     assert v["level_standard_exit"] == "0", where(b)
     assert v["denied_after_level_standard"] == "0", where(b)
 
-    # Boot 4: the standard level: services with init's rights again.
+    # Boot 5: the standard level: services with init's rights again.
     b = boot(machine, REPORT + LABELS + run_ops("service", PROTECTED) + DENIALS)
     v = b.values
     assert v["pid1"] == f"{PROFILE} (enforce)", where(b)
@@ -683,6 +800,7 @@ def test_hardened_enforced_refuses_services_and_keeps_the_admin(hardened):
     assert v["ssh.label"] == f"{PROFILE} (enforce)", where(b)
     assert v[f"{NNP}.label"] == f"{NNP}//&{PROFILE} (mixed)", where(b)
     assert v["denied_dmesg"] == "0", where(b)
+    assert v["audit_dmesg"] == "0", where(b)
     # Each operation a service was refused at the hardened level: done, and
     # the check that found it refused says "not refused" under the policy
     # without those rules.
