@@ -34,12 +34,14 @@ try:                    # tests/ imported as a package
     from . import vm
     from .guest import (ASK_PID1, COUNT, DENIALS, KERNEL_FIRST_LINE, PROFILE, REPORT, add_ask_pid1,
                         add_modprobe_probes, assert_modprobe_labels, assert_pid1_asked, count_every_denial,
-                        drop_stale_root, modprobe_labels, probe_is_admin, runs_cleanly, unconfined_since_init, where)
+                        drop_stale_root, modprobe_labels, probe_is_admin, runs_cleanly, unconfined_since_init,
+                        where)
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
     from guest import (ASK_PID1, COUNT, DENIALS, KERNEL_FIRST_LINE, PROFILE, REPORT, add_ask_pid1,
                        add_modprobe_probes, assert_modprobe_labels, assert_pid1_asked, count_every_denial,
-                       drop_stale_root, modprobe_labels, probe_is_admin, runs_cleanly, unconfined_since_init, where)
+                       drop_stale_root, modprobe_labels, probe_is_admin, runs_cleanly, unconfined_since_init,
+                       where)
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 

@@ -1,9 +1,10 @@
 """Debian 14 (forky, testing at the time of writing): PID 1 confined there too.
 
-One guest, the package installed with apt into a minimal forky with dbus, a service
-whose program has a profile of its own (and one with NoNewPrivileges=), and
-the harness's probe given the administrator's role (as in test_hardened),
-so that it keeps reading its script from the raw disk at the hardened level.
+One guest, the package installed with apt into a minimal forky with dbus,
+a service whose program has a profile of its own (and one with
+NoNewPrivileges=), and the harness's probe given the administrator's role
+(as in test_hardened), so that it keeps reading its script from the raw
+disk at the hardened level.
 
   boot 1  a fresh install (stub, complain): PID 1 is fullsystem-init
           (complain), the boot script's own check saw init attach,
@@ -18,8 +19,8 @@ so that it keeps reading its script from the raw disk at the hardened level.
           failed unit and not one apparmor="DENIED" line, dbus-daemon
           mediating D-Bus with AppArmor in the service role; a root service
           still gets PID 1 to run apparmor_parser for it (the hole the
-          README admits). Then init's profile gets the attachment
-          this package shipped before forky was supported,
+          README admits). Then init's profile gets the attachment this
+          package shipped before forky was supported,
           /{,usr/}{lib/systemd/systemd,sbin/init}, which forky's parser
           (apparmor 4.1.8) compiles into one that attaches to nothing.
   boot 3  that initramfs loads the profile, yet PID 1 runs unconfined: the
