@@ -396,6 +396,19 @@ echo "@@ ask_pid1.loaded=$(grep '^{ASKED} ' /sys/kernel/security/apparmor/profil
 """
 
 
+# The system bus and logind, as a service sees them: their labels, whether
+# they run, and whether dbus-daemon says it mediates D-Bus with AppArmor
+# (on kernels with features/dbus).
+DBUS_FACTS = r"""
+for name in dbus systemd-logind; do
+    pid=$(systemctl show -p MainPID --value $name.service)
+    echo "@@ $name.label=$(cat /proc/$pid/attr/current 2>&1)"
+    echo "@@ $name.active=$(systemctl is-active $name.service)"
+done
+echo "@@ dbus_log=$(journalctl -b -u dbus.service --no-pager -o cat | grep -i apparmor | tr '\n' ' ')"
+"""
+
+
 def add_ask_pid1(root: Path) -> None:
     """In a guest's root: the service of ASK_PID1."""
     (root / f"etc/systemd/system/{ASKED}.service").write_text(ASK_PID1_UNIT)

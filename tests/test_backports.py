@@ -32,13 +32,13 @@ from aa_pkg.verify import install_backports_kernel
 
 try:                    # tests/ imported as a package
     from . import vm
-    from .guest import (ASK_PID1, COUNT, DENIALS, KERNEL_FIRST_LINE, PROFILE, REPORT, add_ask_pid1,
+    from .guest import (ASK_PID1, COUNT, DBUS_FACTS, DENIALS, KERNEL_FIRST_LINE, PROFILE, REPORT, add_ask_pid1,
                         add_modprobe_probes, assert_modprobe_labels, assert_pid1_asked, count_every_denial,
                         drop_stale_root, modprobe_labels, probe_is_admin, runs_cleanly, unconfined_since_init,
                         where)
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
-    from guest import (ASK_PID1, COUNT, DENIALS, KERNEL_FIRST_LINE, PROFILE, REPORT, add_ask_pid1,
+    from guest import (ASK_PID1, COUNT, DBUS_FACTS, DENIALS, KERNEL_FIRST_LINE, PROFILE, REPORT, add_ask_pid1,
                        add_modprobe_probes, assert_modprobe_labels, assert_pid1_asked, count_every_denial,
                        drop_stale_root, modprobe_labels, probe_is_admin, runs_cleanly, unconfined_since_init,
                        where)
@@ -67,12 +67,7 @@ dmesg >/run/aafs-dmesg-start.txt 2>&1
 count denied_at_start /run/aafs-dmesg-start.txt '{KERNEL_FIRST_LINE}' -e 'apparmor="DENIED"'
 echo "@@ kernel=$(uname -r)"
 echo "@@ features=$(ls /sys/kernel/security/apparmor/features | tr '\\n' ' ')"
-for name in dbus systemd-logind; do
-    pid=$(systemctl show -p MainPID --value $name.service)
-    echo "@@ $name.label=$(cat /proc/$pid/attr/current 2>&1)"
-    echo "@@ $name.active=$(systemctl is-active $name.service)"
-done
-echo "@@ dbus_log=$(journalctl -b -u dbus.service --no-pager -o cat | grep -i apparmor | tr '\\n' ' ')"
+""" + DBUS_FACTS + """
 # PID 1 over the system bus (systemctl --system talks to it there when
 # asked for a property through D-Bus).
 echo "@@ pid1_over_bus=$(busctl get-property org.freedesktop.systemd1 /org/freedesktop/systemd1 \\

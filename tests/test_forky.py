@@ -35,13 +35,13 @@ import pytest
 
 try:                    # tests/ imported as a package
     from . import vm
-    from .guest import (ASK_PID1, DENIALS, FULL_PROFILE, PROFILE, REPORT, add_ask_pid1, add_modprobe_probes,
+    from .guest import (ASK_PID1, DBUS_FACTS, DENIALS, FULL_PROFILE, PROFILE, REPORT, add_ask_pid1, add_modprobe_probes,
                         add_profiled_services, assert_modprobe_labels, assert_pid1_asked, count_every_denial,
                         drop_stale_root, modprobe_labels, new_machine, probe_is_admin, runs_cleanly,
                         unconfined_since_init, where)
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
-    from guest import (ASK_PID1, DENIALS, FULL_PROFILE, PROFILE, REPORT, add_ask_pid1, add_modprobe_probes,
+    from guest import (ASK_PID1, DBUS_FACTS, DENIALS, FULL_PROFILE, PROFILE, REPORT, add_ask_pid1, add_modprobe_probes,
                        add_profiled_services, assert_modprobe_labels, assert_pid1_asked, count_every_denial,
                        drop_stale_root, modprobe_labels, new_machine, probe_is_admin, runs_cleanly,
                        unconfined_since_init, where)
@@ -61,12 +61,6 @@ echo "@@ {name}.label=$(cat /proc/$pid/attr/current 2>&1)"
 """ for name in (OWN, NNP)) + r"""
 echo "@@ libapparmor=$(dpkg-query -W -f '${Status}' libapparmor1 2>&1)"
 """ + STATUS_JSON
-
-DBUS = r"""
-pid=$(systemctl show -p MainPID --value dbus.service)
-echo "@@ dbus.label=$(cat /proc/$pid/attr/current 2>&1)"
-echo "@@ dbus_log=$(journalctl -b -u dbus.service --no-pager -o cat | grep -i apparmor | tr '\n' ' ')"
-"""
 
 HARDEN = """
 for command in "stage full" "mode enforce" "level hardened"; do
@@ -128,7 +122,7 @@ def test_forky_confines_pid1_from_install_to_hardened_enforce(forky):
         assert v[f"command.{command}"] == "0", where(b)
 
     # Boot 2: full stage, enforce mode, hardened level.
-    b = boot(forky, REPORT + SERVICES + DBUS + ASK_PID1 + modprobe_labels() + DENIALS + BREAK_ATTACHMENT)
+    b = boot(forky, REPORT + SERVICES + DBUS_FACTS + ASK_PID1 + modprobe_labels() + DENIALS + BREAK_ATTACHMENT)
     v = b.values
     assert v["pid1"] == f"{PROFILE} (enforce)", where(b)
     assert (v["record.loaded_stage"], v["record.mode"], v["record.level"]) == ("full", "enforce", "hardened"), where(b)
