@@ -41,6 +41,7 @@ import pytest
 try:                    # tests/ imported as a package
     from . import vm
     from .guest import (
+        COUNT,
         ENTER_INITRAMFS,
         FROM_INITRAMFS,
         INITRAMFS_DIR,
@@ -58,6 +59,7 @@ try:                    # tests/ imported as a package
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
     from guest import (
+        COUNT,
         ENTER_INITRAMFS,
         FROM_INITRAMFS,
         INITRAMFS_DIR,
@@ -187,7 +189,7 @@ KEPT_SUITE = "trixie"   # the hook is the same on every suite; the time is not
 
 WHOLE_FIRST = "aafs-whole-first"   # a profile that compiles, first in a set the kernel refuses
 
-REFUSED_AND_NAMESPACED = rf"""
+REFUSED_AND_NAMESPACED = COUNT + rf"""
 {ENTER_INITRAMFS}
 policy=$(find "$initramfs/{INITRAMFS_DIR}/cache" -name policy)
 [ -s "$policy" ] && echo "@@ cut.policy_found=yes"
@@ -207,11 +209,8 @@ for try in 1 2 3 4 5 6 7 8 9 10; do
     sleep 0.5
 done
 echo "@@ cut.kernel_log=$refusal"
-profiles=$(cat /sys/kernel/security/apparmor/profiles)
-case $profiles in
-*"{PROFILE} ("*) echo "@@ cut.whole_loaded=$(printf '%s\n' "$profiles" | grep -c '^{WHOLE_FIRST} ')" ;;
-*) echo "@@ cut.whole_loaded=unread" ;;
-esac
+cat /sys/kernel/security/apparmor/profiles >/run/aafs-profiles.txt
+count cut.whole_loaded /run/aafs-profiles.txt '^{PROFILE} (' -e '^{WHOLE_FIRST} '
 mount --bind "$initramfs{RECORD}" {RECORD}
 aa-fullsystem status
 aa-fullsystem status | grep -q "fix or remove the profile named above or in the kernel log" && echo "@@ cut.status_says_fix=yes"
