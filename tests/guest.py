@@ -525,9 +525,9 @@ def initrd_with(initrd: bytes, files: dict[str, bytes]) -> bytes:
     return initrd + b"\0" * (-len(initrd) % 512) + newc(files)
 
 
-def initramfs_file(machine: vm.Machine, name: str, under: str = INITRAMFS_DIR) -> bytes:
-    """The file UNDER/NAME (ours by default) as the newest initrd holds it."""
-    initrd = machine.kernel_paths()[1]
+def initramfs_file(machine: vm.Machine, name: str, under: str = INITRAMFS_DIR, initrd: str = "") -> bytes:
+    """The file UNDER/NAME (ours by default) as initrd (the newest by default) holds it."""
+    initrd = initrd or machine.kernel_paths()[1]
     copy = "/tmp/aafs-initramfs-file"
     script = ('set -e; d=$(mktemp -d); unmkinitramfs "$1" "$d"; '
               'f=$(find "$d" -path "*/$2" | head -n 1); test -n "$f"; cp "$f" "$3"; rm -rf "$d"')

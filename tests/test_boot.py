@@ -23,7 +23,9 @@ machine "broken" (stage full, complain)
     (That the machine boots under the last full profile that compiled, and
     status says so, is test_lifecycle's boot 5, where a package upgrade
     brings the broken profile: the same initramfs, the same boot.)
-machine "enforce" (stage full, mode enforce)
+machine "enforce" (stage full, mode enforce; on trixie with a second,
+older kernel while the two commands run: both rebuild every installed
+kernel's initramfs, and status reads each as full)
     boot 1  PID 1 in enforce mode and not one apparmor="DENIED" line
     boot 2  apparmor.service masked, so the kernel shows what the
             initramfs alone loaded: the full profile and its roles, enforced
@@ -465,6 +467,9 @@ ONE_SUITE_EACH = {
     "stub refused too": "trixie",
     "no securityfs": "bookworm",
     "not in this initramfs": "trixie",      # a new kernel's (test_broken_policy_...)
+    # Not a boot: `stage` and `mode` rebuild every installed kernel's
+    # initramfs, shown in the chroot with a second kernel (OLDER_KERNEL).
+    "every installed kernel": "trixie",
 }
 assert set(ONE_SUITE_EACH.values()) == set(vm.SUITES)
 
@@ -488,10 +493,15 @@ def test_full_profile_enforced_denies_nothing(suite, built_deb, tmp_path):
     what the initramfs loads by itself, normally and with each escape hatch that loads policy."""
     machine = new_machine(suite, tmp_path / "machine", built_deb)
     count_every_denial(machine.root)
+    every_kernel = ONE_SUITE_EACH["every installed kernel"] == suite
+    if every_kernel:
+        add_older_kernel(machine)
     machine.chroot_run(["aa-fullsystem", "stage", "full"])
     machine.chroot_run(["aa-fullsystem", "mode", "enforce"])
     state = machine.read_file(STATE)
     assert re.search(rb"^STAGE=full$", state, re.M) and re.search(rb"^MODE=enforce$", state, re.M), state
+    if every_kernel:
+        assert_every_kernel_rebuilt(machine)
     assert not (machine.root / "etc/apparmor.d/force-complain" / PROFILE).exists()
     order = initramfs_file(machine, "ORDER", under="scripts/init-bottom").decode()
 
@@ -558,6 +568,35 @@ def test_full_profile_enforced_denies_nothing(suite, built_deb, tmp_path):
     # No securityfs: init runs unconfined, the record says why.
     if "no securityfs" in shown_here:
         no_securityfs(machine, initrd, order)
+
+
+# A second kernel, older than the installed one so that boots still take the
+# installed one: its files under another version, the modules tree hard-linked.
+OLDER_KERNEL = "5.10.0-aafs-older-amd64"
+
+
+def add_older_kernel(machine: vm.Machine) -> None:
+    """OLDER_KERNEL installed beside the guest's kernel, with an initramfs of its own (the stub's)."""
+    version = machine.kernel_paths()[0].removeprefix("/boot/vmlinuz-")
+    machine.chroot_run(["sh", "-c", 'set -e; cp -al "/usr/lib/modules/$1" "/usr/lib/modules/$2"; '
+                        'for f in config vmlinuz; do cp "/boot/$f-$1" "/boot/$f-$2"; done; '
+                        'update-initramfs -c -k "$2"', "sh", version, OLDER_KERNEL])
+    assert b"AAFS_STAGE=stub" in initramfs_file(machine, "boot.conf", initrd=f"/boot/initrd.img-{OLDER_KERNEL}")
+
+
+def assert_every_kernel_rebuilt(machine: vm.Machine) -> None:
+    """After `stage full` and `mode enforce`: each kernel's initramfs carries the
+    full stage enforced, status reads each as full and none as stale; then
+    the older kernel is removed again, so that it never weighs on a boot."""
+    version = machine.kernel_paths()[0].removeprefix("/boot/vmlinuz-")
+    for kernel in (version, OLDER_KERNEL):
+        conf = initramfs_file(machine, "boot.conf", initrd=f"/boot/initrd.img-{kernel}")
+        assert b"AAFS_STAGE=full\n" in conf and b"AAFS_MODE=enforce\n" in conf, (kernel, conf)
+    status = machine.chroot_run(["aa-fullsystem", "status"], check=False).stdout
+    kernels = status.split("Kernels (initramfs policy):\n", 1)[1].split("Unconfined", 1)[0]
+    assert kernels.splitlines() == sorted([f"  {OLDER_KERNEL}: full", f"  {version}: full"]), status
+    machine.chroot_run(["sh", "-c", 'set -e; update-initramfs -d -k "$1"; rm -r "/usr/lib/modules/$1" '
+                        '"/boot/config-$1" "/boot/vmlinuz-$1"', "sh", OLDER_KERNEL])
 
 
 def full_profile_refused(machine: vm.Machine, initrd: bytes) -> None:
