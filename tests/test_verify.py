@@ -157,3 +157,20 @@ def test_a_package_that_does_not_confine_pid1_fails_and_is_not_published(built_d
     # A failing record is no pass.
     refused = publish(tmp_path, signing, deb)
     assert refused.returncode == 1 and "no passing 'aa-pkg verify' of these bytes" in refused.stderr, refused
+
+
+def test_a_boot_that_does_not_report_in_time_fails(built_deb: Path, tmp_path: Path) -> None:
+    """--timeout: a guest that has not finished its report by then is stopped, and verify fails
+    with no-report, naming the serial log; a hang or a boot that never gets to multi-user looks
+    the same. Eight seconds end the boot while systemd is still starting (the report comes
+    after 15 s or more under TCG)."""
+    done, result = verify(tmp_path, "--suite", "trixie", "--timeout", "8", built_deb, as_json=False)
+    assert done.returncode == 1, result
+    assert codes(result) == ["no-report"], result
+    message = result["findings"][0]["message"]
+    assert "the probe did not finish (timed out after 8s" in message, message
+    assert Path(result["serial_log"]).is_file() and f"the serial log: {result['serial_log']}" in message, result
+    # What the kernel printed before the end is there to read.
+    assert "Linux version " in Path(result["serial_log"]).read_text(errors="replace"), result
+    assert result["pid1"] == "" and not result["reached_multi_user"], result
+    assert f"  no-report: {message}" in done.stdout.splitlines(), done.stdout
