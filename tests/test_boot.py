@@ -455,10 +455,10 @@ echo "@@ loaded_profiles=$(paste -s -d , /sys/kernel/security/apparmor/profiles)
 
 # Where each escape hatch and fallback of the boot script is shown. The
 # script is one file, run by busybox sh in initramfs-tools' /init on both
-# suites, and each of these boots costs a minute or more under TCG: each is
-# booted on one suite, the suites taking turns, so that each kernel and
-# busybox runs some of them. (The enforced boot and what the initramfs
-# alone loads are shown on both; test_dracut follows the hatches through
+# suites, and each of these boots costs half a minute or more under TCG:
+# each is booted on one suite, the suites taking turns, so that each kernel
+# and busybox runs some of them. (The enforced boot and what the initramfs
+# alone loads are shown on both; test_dracut follows a hatch through
 # dracut's adapter.)
 ONE_SUITE_EACH = {
     "aa_fullsystem=stub": "bookworm",
@@ -490,7 +490,8 @@ def kernel_holds(boot: vm.Boot, profile: str = PROFILE) -> tuple[str, str]:
 @pytest.mark.parametrize("suite", vm.SUITES)
 def test_full_profile_enforced_denies_nothing(suite, built_deb, tmp_path):
     """5. stage full + mode enforce: PID 1 enforced from the initramfs, zero DENIED lines; then
-    what the initramfs loads by itself, normally and with each escape hatch that loads policy."""
+    what the initramfs loads by itself, normally and with this suite's escape hatch that loads
+    policy; then the boot script's fallbacks shown on this suite (ONE_SUITE_EACH)."""
     machine = new_machine(suite, tmp_path / "machine", built_deb)
     count_every_denial(machine.root)
     every_kernel = ONE_SUITE_EACH["every installed kernel"] == suite
@@ -593,6 +594,7 @@ def assert_every_kernel_rebuilt(machine: vm.Machine) -> None:
         conf = initramfs_file(machine, "boot.conf", initrd=f"/boot/initrd.img-{kernel}")
         assert b"AAFS_STAGE=full\n" in conf and b"AAFS_MODE=enforce\n" in conf, (kernel, conf)
     status = machine.chroot_run(["aa-fullsystem", "status"], check=False).stdout
+    assert "Kernels (initramfs policy):\n" in status, status
     kernels = status.split("Kernels (initramfs policy):\n", 1)[1].split("Unconfined", 1)[0]
     assert kernels.splitlines() == sorted([f"  {OLDER_KERNEL}: full", f"  {version}: full"]), status
     machine.chroot_run(["sh", "-c", 'set -e; update-initramfs -d -k "$1"; rm -r "/usr/lib/modules/$1" '

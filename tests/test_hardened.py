@@ -747,7 +747,7 @@ def test_hardened_enforced_refuses_services_and_keeps_the_admin(hardened):
     assert v["denied_after_reinstall"] == v["denied_dmesg"], where(b)      # and refused nothing
 
     # Boot 2: the escape hatch, on the hardened level (on one suite: the
-    # hatch is the boot script's, test_boot's on both).
+    # hatch is the boot script's; test_boot and test_dracut boot it on trixie).
     if machine.suite == HATCH_SUITE:
         b = boot(machine, REPORT + run_ops("service", ["load_module"]) + DENIALS, append="aa_fullsystem=off")
         assert b.values["pid1"] == "unconfined", where(b)
