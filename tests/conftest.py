@@ -43,10 +43,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                if item.module.__name__ in VM_MODULES_LONGEST_FIRST else len(VM_MODULES_LONGEST_FIRST))
 
 
-# Minutes per guest, one vCPU, from a full run (.ci/run, 2 cores): dracut
-# 12-13 (trixie only, one test), lifecycle 10-11, hardened 8-9, early
-# 7, boot 9 in all (a shared stub machine and three more per suite),
-# sysvinit 4 (bookworm only), the harness 2.
+# Minutes per guest, one vCPU, from a full run (.ci/run, 2 cores, 2069 s):
+# dracut 8.5 (trixie only, one test), lifecycle 7, hardened 6-7, early 4,
+# forky 4.5, boot 8 in all (a shared stub machine and three more per
+# suite, none over 3), sysvinit 2 (bookworm only), the harness 1.
 VM_MODULES_LONGEST_FIRST = ["test_dracut", "test_lifecycle", "test_hardened", "test_early", "test_forky", "test_backports", "test_verify", "test_boot",
                             "test_sysvinit", "test_publish", "test_vm_harness"]
 
