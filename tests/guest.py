@@ -408,15 +408,22 @@ echo "@@ ask_pid1.loaded=$(grep '^{ASKED} ' /sys/kernel/security/apparmor/profil
 """
 
 
+def unit_facts(*units: str) -> str:
+    """Script: for each systemd unit NAME.service, "@@ NAME.active", and of
+    its main process "@@ NAME.pid", "@@ NAME.exe" and "@@ NAME.label"."""
+    return "".join(rf"""
+pid=$(systemctl show -p MainPID --value {unit}.service)
+echo "@@ {unit}.active=$(systemctl is-active {unit}.service)"
+echo "@@ {unit}.pid=$pid"
+echo "@@ {unit}.exe=$(readlink /proc/$pid/exe)"
+echo "@@ {unit}.label=$(cat /proc/$pid/attr/current 2>&1)"
+""" for unit in units)
+
+
 # The system bus and logind, as a service sees them: their labels, whether
 # they run, and whether dbus-daemon says it mediates D-Bus with AppArmor
 # (on kernels with features/dbus).
-DBUS_FACTS = r"""
-for name in dbus systemd-logind; do
-    pid=$(systemctl show -p MainPID --value $name.service)
-    echo "@@ $name.label=$(cat /proc/$pid/attr/current 2>&1)"
-    echo "@@ $name.active=$(systemctl is-active $name.service)"
-done
+DBUS_FACTS = unit_facts("dbus", "systemd-logind") + r"""
 echo "@@ dbus_log=$(journalctl -b -u dbus.service --no-pager -o cat | grep -i apparmor | tr '\n' ' ')"
 """
 

@@ -57,12 +57,14 @@ try:                    # tests/ imported as a package
     from . import vm
     from .guest import (DENIALS, FULL_PROFILE, INITRAMFS_DIR, LAST_GOOD, PROFILE, REPORT, STATE, chroot_text,
                         count_every_denial, drop_stale_root, initramfs_file, initrd_with, lsinitramfs,
-                        new_machine, processes, report, runs_cleanly, sha256, unconfined_since_init, where)
+                        new_machine, processes, report, runs_cleanly, sha256, unconfined_since_init, unit_facts,
+                        where)
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
     from guest import (DENIALS, FULL_PROFILE, INITRAMFS_DIR, LAST_GOOD, PROFILE, REPORT, STATE, chroot_text,
                        count_every_denial, drop_stale_root, initramfs_file, initrd_with, lsinitramfs,
-                       new_machine, processes, report, runs_cleanly, sha256, unconfined_since_init, where)
+                       new_machine, processes, report, runs_cleanly, sha256, unconfined_since_init, unit_facts,
+                       where)
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -157,13 +159,7 @@ def stub(request, built_deb, tmp_path_factory) -> StubMachine:
     machine.chroot_run(["systemctl", "enable", f"{PROBE_SVC}.service", f"{PROBE_NNP}.service",
                         f"{PROBE_PLAIN}.service"])
 
-    services = "".join(rf"""
-pid=$(systemctl show -p MainPID --value {unit}.service)
-echo "@@ {unit}.active=$(systemctl is-active {unit}.service)"
-echo "@@ {unit}.pid=$pid"
-echo "@@ {unit}.exe=$(readlink /proc/$pid/exe)"
-echo "@@ {unit}.label=$(cat /proc/$pid/attr/current 2>&1)"
-""" for unit in (PROBE_SVC, PROBE_NNP, PROBE_PLAIN))
+    services = unit_facts(PROBE_SVC, PROBE_NNP, PROBE_PLAIN)
     result = StubMachine(machine, initrd_base, initrd_pkg, listing, bottom_order)
     try:
         # The no_new_privs probe's exec at boot may come before

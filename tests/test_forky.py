@@ -38,13 +38,13 @@ try:                    # tests/ imported as a package
     from .guest import (ASK_PID1, DBUS_FACTS, DENIALS, FULL_PROFILE, PROFILE, REPORT, add_ask_pid1, add_modprobe_probes,
                         add_profiled_services, assert_modprobe_labels, assert_pid1_asked, count_every_denial,
                         drop_stale_root, modprobe_labels, new_machine, probe_is_admin, runs_cleanly,
-                        unconfined_since_init, where)
+                        unconfined_since_init, unit_facts, where)
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
     from guest import (ASK_PID1, DBUS_FACTS, DENIALS, FULL_PROFILE, PROFILE, REPORT, add_ask_pid1, add_modprobe_probes,
                        add_profiled_services, assert_modprobe_labels, assert_pid1_asked, count_every_denial,
                        drop_stale_root, modprobe_labels, new_machine, probe_is_admin, runs_cleanly,
-                       unconfined_since_init, where)
+                       unconfined_since_init, unit_facts, where)
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -55,10 +55,7 @@ NNP = "aafs-probe-nnp"
 OLD_ATTACHMENT = "/{,usr/}{lib/systemd/systemd,sbin/init}"
 
 STATUS_JSON = 'echo "@@ status_json=$(aa-fullsystem --json status)"\n'
-SERVICES = "".join(rf"""
-pid=$(systemctl show -p MainPID --value {name}.service)
-echo "@@ {name}.label=$(cat /proc/$pid/attr/current 2>&1)"
-""" for name in (OWN, NNP)) + r"""
+SERVICES = unit_facts(OWN, NNP) + r"""
 echo "@@ libapparmor=$(dpkg-query -W -f '${Status}' libapparmor1 2>&1)"
 """ + STATUS_JSON
 

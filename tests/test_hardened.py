@@ -60,13 +60,13 @@ try:                    # tests/ imported as a package
     from .guest import (ASK_PID1, COUNT, DENIALS, KERNEL_FIRST_LINE, MODPROBE_AUTOLOAD, PROFILE, REPORT,
                         add_ask_pid1, add_modprobe_probes, add_profiled_services, assert_modprobe_labels,
                         assert_pid1_asked, count_every_denial, drop_stale_root, modprobe_labels, probe_is_admin,
-                        runs_cleanly, unconfined_since_init, unit, where)
+                        runs_cleanly, unconfined_since_init, unit, unit_facts, where)
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
     from guest import (ASK_PID1, COUNT, DENIALS, KERNEL_FIRST_LINE, MODPROBE_AUTOLOAD, PROFILE, REPORT,
                        add_ask_pid1, add_modprobe_probes, add_profiled_services, assert_modprobe_labels,
                        assert_pid1_asked, count_every_denial, drop_stale_root, modprobe_labels, probe_is_admin,
-                       runs_cleanly, unconfined_since_init, unit, where)
+                       runs_cleanly, unconfined_since_init, unit, unit_facts, where)
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -383,11 +383,7 @@ def refused_to_service(boot: vm.Boot, name: str) -> bool:
     return names_targets(of_service(denied_records(boot)), name)
 
 
-LABELS = "".join(rf"""
-pid=$(systemctl show -p MainPID --value {unit}.service)
-echo "@@ {unit}.label=$(cat /proc/$pid/attr/current 2>&1)"
-echo "@@ {unit}.active=$(systemctl is-active {unit}.service)"
-""" for unit in (OWN, NNP, PLAIN, "ssh", "cron", "dbus", "systemd-logind")) + f"""
+LABELS = unit_facts(OWN, NNP, PLAIN, "ssh", "cron", "dbus", "systemd-logind") + f"""
 echo "@@ ssh_session=$({SSH} cat /proc/self/attr/current 2>&1)"
 systemctl start aafs-op@whoami.service
 echo "@@ service_session=$(cat /run/aafs-op-whoami.out)"
