@@ -76,6 +76,6 @@ assert all(s.default is None or s.default in s.values for s in SETTINGS)
 # tests/test_settings.py checks the boot script writes exactly these.
 BOOT_RECORD_KEYS: tuple[str, ...] = (
     "outcome", "reason", "configured_stage", "loaded_stage", "mode", "level", "profiles", "failed_profiles",
-    "kernel", "initramfs_kernel", "kept_last_good", "left_out", "early", "early_reason", "elapsed_ms",
+    "kernel", "initramfs_kernel", "kept_last_good", "left_out", "loader", "early", "early_reason", "elapsed_ms",
     "ignored_parameters", "init_attach", "init_path", "init_label", "init_attach_reason", "finished_at_cs",
 )

@@ -13,21 +13,23 @@ profile, `Pix -> &fullsystem-init`, also serves.)
           status names it as left over from the initramfs.
           Then `update-initramfs -u` on the running kernel.
   boot 2  the precompiled policy is loaded: udevd runs under its own
-          profile from its first instruction.
+          profile from its first instruction. Built on this very kernel
+          build, the image carries binaries only and no parser.
           Then an initramfs whose policy is precompiled for other features:
           a copy of this kernel's features, one feature removed, bind-mounted
           over /sys/kernel/security/apparmor/features while it is built.
   boot 3  a kernel whose features differ from the cache: the cache is not
           loaded, PID 1 is still confined by the text init profile, and the
-          fallback is recorded and reported.
-          Then, rebuilt for this kernel: that initramfs's boot script, run
+          fallback is recorded and reported: this image kept the parser.
+          Then, rebuilt for this kernel (binaries only): that initramfs's boot script, run
           in it with its precompiled policy cut short (after a whole
           profile, which the kernel then does not load either: all or
           none), is refused by the kernel and falls back (early=refused); run again with
           aa_fullsystem=complain, it loads the init policy only and records
           that choice (early=skipped), the kernel holding init's profile
-          in complain mode where the initramfs says enforce; without the
-          initramfs's dd, it falls back (early=fallback). And a profile in a policy
+          in complain mode where the initramfs says enforce; started by
+          another build of the kernel, or without the initramfs's dd, it
+          loads nothing and says why. And a profile in a policy
           namespace of its own: the hook makes no set of it, as the
           namespace would apply to every profile of the one write.
   boot 4  so the init policy only, and the record and status say why
@@ -45,6 +47,7 @@ try:                    # tests/ imported as a package
         ENTER_INITRAMFS,
         FROM_INITRAMFS,
         INITRAMFS_DIR,
+        INITRAMFS_PROOF,
         LEAVE_INITRAMFS,
         PROFILE,
         RECORD,
@@ -63,6 +66,7 @@ except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
         ENTER_INITRAMFS,
         FROM_INITRAMFS,
         INITRAMFS_DIR,
+        INITRAMFS_PROOF,
         LEAVE_INITRAMFS,
         PROFILE,
         RECORD,
@@ -124,6 +128,15 @@ echo "@@ disabled_loaded=$(grep -c '^{DISABLED} ' /sys/kernel/security/apparmor/
 pid=$(pidof {program} | cut -d' ' -f1)
 echo "@@ {program}.label=$(cat /proc/$pid/attr/current 2>&1)"
 """ for _, program in EARLY_SERVICES.values())
+
+# Whether the running kernel's initramfs carries the parser; INITRAMFS_PROOF
+# shows the listing was read.
+PARSER_IN_IMAGE = COUNT + rf"""
+lsinitramfs /boot/initrd.img-$(uname -r) >/run/aafs-listing
+echo "@@ lsinitramfs_exit=$?"
+count parser_in_image /run/aafs-listing '{INITRAMFS_PROOF}' -x 'usr/sbin/apparmor_parser'
+count binaries_in_image /run/aafs-listing '{INITRAMFS_PROOF}' -x '{INITRAMFS_DIR}/binary/index'
+"""
 
 SIMULATE_OTHER_KERNEL = r"""
 features=/sys/kernel/security/apparmor/features
@@ -234,7 +247,19 @@ aa-fullsystem status >/run/aafs-status-complain
 umount {RECORD}
 cat /run/aafs-status-complain
 grep -q "precompiles the policy" /run/aafs-status-complain || echo "@@ complain.status_no_rebuild=yes"
-# Without its dd the set cannot be written: a fallback, not a refusal.
+# Another build of the kernel boots this image, which holds binaries
+# only: none of them is loaded (the kernel would hold init's profile in
+# enforce mode after the run above without the hatch otherwise).
+sed 's/#/#0 other build /' /proc/version >/run/aafs-version
+mount --bind /run/aafs-version "$initramfs/proc/version"
+sed -i 's/^AAFS_MODE=.*/AAFS_MODE=enforce/' "$initramfs/{INITRAMFS_DIR}/boot.conf"
+chroot "$initramfs" /scripts/init-bottom/apparmor-fullsystem
+umount "$initramfs/proc/version"
+sed -i 's/^AAFS_MODE=.*/AAFS_MODE=complain/' "$initramfs/{INITRAMFS_DIR}/boot.conf"
+echo "@@ other_build.kernel_holds=$(grep '^{PROFILE} ' /sys/kernel/security/apparmor/profiles)"
+sed 's/^/@@ other_build./' "$initramfs{RECORD}"
+# Without its dd nothing can be written: the parser-less image boots
+# unconfined, and says why.
 rm "$initramfs/{INITRAMFS_DIR}/dd"
 chroot "$initramfs" /scripts/init-bottom/apparmor-fullsystem
 sed 's/^/@@ no_dd./' "$initramfs{RECORD}"
@@ -304,9 +329,14 @@ def test_precompiled_policy_loaded_before_init(suite, built_deb, tmp_path):
     assert b.values["update_exit"] == "0", where(b)
 
     # Boot 2: the whole policy, precompiled for this kernel, before PID 1.
-    b = boot(SIMULATE_OTHER_KERNEL)
+    b = boot(PARSER_IN_IMAGE + SIMULATE_OTHER_KERNEL)
     assert b.values["record.early"] == "cache", where(b)
     assert b.values["record.outcome"] == "loaded", where(b)
+    # Built on this very kernel build: binaries only, no parser in the image.
+    assert b.values["record.loader"] == "binary", where(b)
+    assert b.values["lsinitramfs_exit"] == "0", where(b)
+    assert (b.values["parser_in_image"], b.values["binaries_in_image"]) == ("0", "1"), where(b)
+    assert "(binaries only: the initramfs carries no parser)" in b.output, where(b)
     files = b.values["record.profiles"].split()
     # init's profile is precompiled from the initramfs's copy, under its own name
     assert f"initramfs-{PROFILE}" in files and set(EARLY_SERVICES) <= set(files), where(b)
@@ -320,7 +350,7 @@ def test_precompiled_policy_loaded_before_init(suite, built_deb, tmp_path):
     assert b.values["other_kernel_update_exit"] == "0", where(b)
 
     # Boot 3: the cache does not fit this kernel: not loaded, and said so.
-    b = boot(REBUILD + (KEPT_COMPILED if suite == KEPT_SUITE else "") + REFUSED_AND_NAMESPACED)
+    b = boot(PARSER_IN_IMAGE + REBUILD + (KEPT_COMPILED if suite == KEPT_SUITE else "") + REFUSED_AND_NAMESPACED)
     assert b.values["record.early"] == "fallback", where(b)
     assert "differ from those the policy was precompiled for" in b.values["record.early_reason"], where(b)
     assert b.values["record.outcome"] == "fallback", where(b)
@@ -328,6 +358,10 @@ def test_precompiled_policy_loaded_before_init(suite, built_deb, tmp_path):
     assert "Only the init policy was loaded early" in b.output, where(b)
     for _, program in EARLY_SERVICES.values():
         assert b.values[f"{program}.label"] == f"{PROFILE} (complain)", where(b)
+    # ... which the parser in this image compiled: built for other features,
+    # it keeps the parser and no binaries.
+    assert b.values["record.loader"] == "parser", where(b)
+    assert (b.values["parser_in_image"], b.values["binaries_in_image"]) == ("1", "0"), where(b)
     assert b.values["rebuild_exit"] == "0", where(b)
     if suite == KEPT_SUITE:
         # Rebuilt with nothing changed: the kept compiled policy, not a compile.
@@ -364,10 +398,18 @@ def test_precompiled_policy_loaded_before_init(suite, built_deb, tmp_path):
     assert b.values["hatch.kernel_holds"] == f"{PROFILE} (complain)", where(b)
     assert "Early policy: skipped: aa_fullsystem=complain" in b.output, where(b)
     assert b.values.get("complain.status_no_rebuild") == "yes", where(b)
-    # An initramfs without the hook's dd: the init policy, and a rebuild fixes it.
-    assert b.values["no_dd.early"] == "fallback", where(b)
-    assert b.values["no_dd.early_reason"] == f"/{INITRAMFS_DIR}/dd is missing from this initramfs", where(b)
-    assert b.values["no_dd.loaded_stage"] == "full", where(b)
+    # The image rebuilt on this kernel loads binaries only: its fallbacks
+    # above (the refused set, the hatch) loaded init's binary profile.
+    assert b.values["cut.loader"] == b.values["complain.loader"] == "binary", where(b)
+    # Booted by another build of the kernel, it loads none of its binaries,
+    # and says so; without its dd, the same.
+    assert b.values["other_build.outcome"] == "failed", where(b)
+    assert "compiled for another build of the kernel" in b.values["other_build.reason"], where(b)
+    assert b.values["other_build.loaded_stage"] == "none", where(b)
+    assert b.values["other_build.kernel_holds"] == f"{PROFILE} (complain)", where(b)
+    assert b.values["no_dd.outcome"] == "failed", where(b)
+    assert b.values["no_dd.reason"].startswith(f"/{INITRAMFS_DIR}/dd is missing from this initramfs"), where(b)
+    assert b.values["no_dd.loaded_stage"] == "none", where(b)
     # A namespace in the policy: no set is made, and the hook says why.
     assert b.values["namespaced_update_exit"] == "0", where(b)
     assert "aafs-test-namespaced holds a profile in a policy namespace" in b.output, where(b)
