@@ -186,9 +186,10 @@ class Paths:
 
     @property
     def compiled_policy(self) -> PurePosixPath:
-        # `early all`'s compiled policy, kept between builds of the
-        # initramfs under a key of everything it follows from: a build whose
-        # inputs did not change reuses it instead of compiling again. Data
+        # What a build of the initramfs makes from its input (the shipped
+        # profiles, and `early all`'s compiled policy), kept under a key of
+        # everything it follows from: a build whose inputs did not change
+        # copies it instead of checking and compiling again. Data
         # the hook can always make again, hence /var/cache (FHS 5.5);
         # removed on purge.
         return PurePosixPath("/var/cache") / self.package / "compiled"

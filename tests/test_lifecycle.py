@@ -4,6 +4,9 @@ On each suite, one guest, booted six times; every step is taken inside the
 running guest, the way an admin takes it, and checked after the next boot:
 
   boot 1  fresh install: stub, complain           -> aa-fullsystem stage full
+                                                      (bookworm: rebuilt as
+                                                      is, reused; then with
+                                                      local/ changed, shipped)
   boot 2  full profile from the initramfs          -> mode enforce; install a
                                                       site-policy package (1.0)
   boot 3  enforce, zero DENIED, site profile
@@ -29,7 +32,7 @@ import pytest
 
 try:                    # tests/ imported as a package
     from . import vm
-    from .guest import (DENIALS, FULL_PROFILE, INITRAMFS_PROOF, PROFILE, REPORT, count_every_denial,
+    from .guest import (DENIALS, FULL_PROFILE, INITRAMFS_DIR, INITRAMFS_PROOF, PROFILE, REPORT, count_every_denial,
                         drop_stale_root, in_initramfs, new_machine, runs_cleanly, unconfined_since_init, where)
     from .conftest import SITE_PROBE_FILE_2 as SITE_FILE_2
     from .conftest import SITE_PROBE_PACKAGE as SITE_PACKAGE
@@ -38,7 +41,7 @@ try:                    # tests/ imported as a package
     from .test_site_policy import PROBE_PROFILE as SITE_PROFILE
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
-    from guest import (DENIALS, FULL_PROFILE, INITRAMFS_PROOF, PROFILE, REPORT, count_every_denial,
+    from guest import (DENIALS, FULL_PROFILE, INITRAMFS_DIR, INITRAMFS_PROOF, PROFILE, REPORT, count_every_denial,
                        drop_stale_root, in_initramfs, new_machine, runs_cleanly, unconfined_since_init, where)
     from conftest import SITE_PROBE_FILE_2 as SITE_FILE_2
     from conftest import SITE_PROBE_PACKAGE as SITE_PACKAGE
@@ -59,6 +62,31 @@ echo "@@ state=$(grep -v '^#' /etc/{PACKAGE}/state 2>/dev/null | tr '\n' ' ')"
 echo "@@ site_loaded=$(grep -c '^{SITE_PROFILE} ' /sys/kernel/security/apparmor/profiles)"
 echo "@@ site_2_loaded=$(grep -c '^{SITE_PROFILE_2} ' /sys/kernel/security/apparmor/profiles)"
 echo "@@ init_profile_loaded=$(grep -c '^{PROFILE} ' /sys/kernel/security/apparmor/profiles)"
+"""
+
+
+# With `early init` too, a rebuild whose input did not change copies what
+# the last build made and runs no parser; one that changed a file init's
+# profile includes (local/) is built again and ships the change. One suite:
+# the hook is the same on both, and each rebuild costs a minute under TCG.
+KEPT_SUITE = "bookworm"
+CHANGED_RULE = "/run/aafs-lifecycle-rule"
+KEPT_IN_EARLY_INIT = rf"""
+update-initramfs -u >/root/unchanged.log 2>&1
+echo "@@ unchanged_exit=$?"
+cat /root/unchanged.log
+grep -q 'reused the policy compiled for the same input' /root/unchanged.log && echo "@@ unchanged_reused=yes"
+echo '  {CHANGED_RULE} r,' >>/etc/apparmor.d/local/{PROFILE}
+update-initramfs -u >/root/changed.log 2>&1
+echo "@@ changed_exit=$?"
+cat /root/changed.log
+grep -q 'reused the policy' /root/changed.log && echo "@@ changed_reused=yes"
+unpacked=$(mktemp -d)
+unmkinitramfs /boot/initrd.img-$(uname -r) "$unpacked" && echo "@@ unpacked=yes"
+init_full=$(find "$unpacked" -path '*/{INITRAMFS_DIR}/init-full' | head -n 1)
+[ -n "$init_full" ] && echo "@@ init_full_found=yes"
+[ -n "$init_full" ] && grep -qF '{CHANGED_RULE}' "$init_full" && echo "@@ change_in_image=yes"
+rm -rf "$unpacked"
 """
 
 
@@ -102,12 +130,20 @@ def test_stub_full_enforce_upgrade_broken_upgrade_remove_purge(suite, built_deb,
         (debs / deb.name).write_bytes(deb.read_bytes())
 
     # Boot 1: what a fresh install gives.
-    b = boot(machine, step("stage_full", "aa-fullsystem stage full"))
+    b = boot(machine, step("stage_full", "aa-fullsystem stage full")
+             + (KEPT_IN_EARLY_INIT if suite == KEPT_SUITE else ""))
     assert b.values["pid1"] == f"{PROFILE} (complain)", where(b)
     assert b.values["record.loaded_stage"] == "stub", where(b)
     assert b.values["state"].startswith("STAGE=stub MODE=complain "), where(b)
     confined_everywhere(b)
     assert b.values["stage_full_exit"] == "0", where(b)
+    if suite == KEPT_SUITE:
+        assert b.values["unchanged_exit"] == "0", where(b)
+        assert b.values.get("unchanged_reused") == "yes", where(b)
+        assert b.values["changed_exit"] == "0", where(b)
+        assert "changed_reused" not in b.values, where(b)
+        assert b.values.get("unpacked") == "yes" and b.values.get("init_full_found") == "yes", where(b)
+        assert b.values.get("change_in_image") == "yes", where(b)
 
     # Boot 2: the initramfs loads the full profile itself.
     b = boot(machine, step("mode_enforce", "aa-fullsystem mode enforce")
