@@ -21,6 +21,9 @@ profile, `Pix -> &fullsystem-init`, also serves.)
   boot 3  a kernel whose features differ from the cache: the cache is not
           loaded, PID 1 is still confined by the text init profile, and the
           fallback is recorded and reported: this image kept the parser.
+          Its boot script, run in it with those features back and its dd
+          gone, finds its set fitting yet unwritable, and the parser loads
+          the init policy instead (early=fallback, the dd named).
           Then, rebuilt for this kernel (binaries only): that initramfs's boot script, run
           in it with its precompiled policy cut short (after a whole
           profile, which the kernel then does not load either: all or
@@ -200,6 +203,23 @@ rm -rf "$unpacked"
 """
 KEPT_SUITE = "trixie"   # the hook is the same on every suite; the time is not
 
+# The image boot 3 came from keeps the parser (built for other features and
+# another build of the kernel). With those features back, its set fits;
+# with its dd gone, the set cannot be written, and the parser loads the
+# init policy instead, and says why.
+PARSER_WITHOUT_DD = rf"""
+{ENTER_INITRAMFS}
+features=/sys/kernel/security/apparmor/features
+rm -rf /run/aafs-features && cp -r "$features" /run/aafs-features
+rm -rf /run/aafs-features/mount
+mount --bind /run/aafs-features "$initramfs$features"
+[ -x "$initramfs/{INITRAMFS_DIR}/dd" ] && echo "@@ parser_no_dd.had_dd=yes"
+rm "$initramfs/{INITRAMFS_DIR}/dd"
+chroot "$initramfs" /scripts/init-bottom/apparmor-fullsystem
+sed 's/^/@@ parser_no_dd./' "$initramfs{RECORD}"
+{LEAVE_INITRAMFS}
+"""
+
 WHOLE_FIRST = "aafs-whole-first"   # a profile that compiles, first in a set the kernel refuses
 
 REFUSED_AND_NAMESPACED = COUNT + rf"""
@@ -350,7 +370,8 @@ def test_precompiled_policy_loaded_before_init(suite, built_deb, tmp_path):
     assert b.values["other_kernel_update_exit"] == "0", where(b)
 
     # Boot 3: the cache does not fit this kernel: not loaded, and said so.
-    b = boot(PARSER_IN_IMAGE + REBUILD + (KEPT_COMPILED if suite == KEPT_SUITE else "") + REFUSED_AND_NAMESPACED)
+    b = boot(PARSER_IN_IMAGE + PARSER_WITHOUT_DD + REBUILD + (KEPT_COMPILED if suite == KEPT_SUITE else "")
+             + REFUSED_AND_NAMESPACED)
     assert b.values["record.early"] == "fallback", where(b)
     assert "differ from those the policy was precompiled for" in b.values["record.early_reason"], where(b)
     assert b.values["record.outcome"] == "fallback", where(b)
@@ -362,6 +383,14 @@ def test_precompiled_policy_loaded_before_init(suite, built_deb, tmp_path):
     # it keeps the parser and no binaries.
     assert b.values["record.loader"] == "parser", where(b)
     assert (b.values["parser_in_image"], b.values["binaries_in_image"]) == ("1", "0"), where(b)
+    # ... whose set, with its features back but its dd gone, fits and is
+    # not written: the parser loads the init policy instead, and says why.
+    assert b.values.get("parser_no_dd.had_dd") == "yes", where(b)
+    assert b.values["parser_no_dd.loader"] == "parser", where(b)
+    assert b.values["parser_no_dd.early"] == "fallback", where(b)
+    assert b.values["parser_no_dd.early_reason"].startswith(f"/{INITRAMFS_DIR}/dd is missing"), where(b)
+    assert b.values["parser_no_dd.outcome"] == "fallback", where(b)
+    assert b.values["parser_no_dd.loaded_stage"] == "full", where(b)
     assert b.values["rebuild_exit"] == "0", where(b)
     if suite == KEPT_SUITE:
         # Rebuilt with nothing changed: the kept compiled policy, not a compile.
