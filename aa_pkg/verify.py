@@ -16,10 +16,12 @@ boots every guest through.
 from __future__ import annotations
 
 import functools
+import getpass
 import hashlib
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -152,16 +154,21 @@ class Result:
 
 
 def check_can_run() -> None:
-    """A one-line error for a missing tool or missing root, before anything is built."""
-    missing = vm.missing_tools(*TOOLS)
+    """A one-line error for a missing tool, or for a user who cannot be root of a user
+    namespace, before anything is built."""
+    tools = {**TOOLS, **(vm.USERNS_TOOLS if vm.unprivileged() else {})}
+    missing = vm.missing_tools(*tools)
     if missing:
-        packages = sorted({TOOLS[name] for name in missing})
+        packages = sorted({tools[name] for name in missing})
         raise ToolMissingError(f"aa-pkg verify needs {', '.join(missing)}",
                                f"install them: apt-get install {' '.join(packages)} (tools/setup does)")
-    if os.geteuid() != 0:
-        raise AaPkgError("aa-pkg verify needs root: it builds the guest's root file system as root "
-                         "(mmdebstrap, a chroot for apt and aa-fullsystem)",
-                         "run it as root, for example: sudo .venv/bin/aa-pkg verify ...")
+    if vm.unprivileged():
+        # What every step as the guest's root will do, tried once: the user's
+        # subordinate ids, newuidmap's checks of them, the kernel's consent.
+        try:
+            vm.as_root(["true"])
+        except vm.UserNamespaceError as e:
+            raise AaPkgError(f"aa-pkg verify as {getpass.getuser()}: {e.args[0]}", e.args[1]) from None
 
 
 def verify(debs: list[Path], suite: str, state: State, workdir: Path, backports: bool = False,
@@ -191,12 +198,40 @@ def verify(debs: list[Path], suite: str, state: State, workdir: Path, backports:
         progress(f"{what}: {result.phases[name]} s")
         return value
 
-    machine = phase("image", f"image of {suite} (built once, cached in {vm.cache_dir()})",
-                    lambda: vm.Machine.create(suite, workdir / "machine"))
+    try:
+        machine = phase("image", f"image of {suite} (built once, cached in {vm.cache_dir()})",
+                        lambda: vm.Machine.create(suite, workdir / "machine"))
+    except subprocess.CalledProcessError as e:
+        raise AaPkgError(f"the image of {suite} was not made: {Path(str(e.cmd[0])).name} exited with "
+                         f"status {e.returncode}", "its own messages are above") from None
     machine.accel = accel
     try:
+        prepare(machine, debs, state, workdir, backports, phase)
+        try:
+            if state.early == "all":
+                phase("settle", f"first boot under qemu ({accel}): precompile for the kernel",
+                      lambda: machine.boot(script=SETTLE_EARLY, timeout=timeout))
+            boot = phase("boot", f"boot under qemu ({accel})",
+                         lambda: machine.boot(script=REPORT, timeout=timeout))
+        except vm.BootError as e:
+            result.serial_log = str(e.log_path)
+            result.findings.append(Finding("no-report", f"{e.reason}; the serial log: {e.log_path}"))
+            return result
+    finally:
+        # The directory is stale once booted, and holds files only root (of
+        # a user namespace, when not root) may remove: the image, the serial
+        # logs and failed-command.log stay in workdir.
+        machine.drop_root()
+    read_boot(result, boot)
+    return result
+
+
+def prepare(machine: vm.Machine, debs: list[Path], state: State, workdir: Path, backports: bool,
+            phase: Callable[[str, str, Callable[[], Any]], Any]) -> None:
+    """Install debs into the guest's directory, as apt does, and set state, as aa-fullsystem does."""
+    try:
         if backports:
-            phase("backports", f"the {suite}-backports kernel", lambda: install_backports_kernel(machine))
+            phase("backports", f"the {machine.suite}-backports kernel", lambda: install_backports_kernel(machine))
         phase("install", f"apt-get install {' '.join(deb.name for deb in debs)}",
               lambda: machine.install_debs([deb.resolve() for deb in debs]))
         probe_is_admin(machine)
@@ -214,20 +249,8 @@ def verify(debs: list[Path], suite: str, state: State, workdir: Path, backports:
     except vm.ChrootError as e:
         log = workdir / "failed-command.log"
         log.write_text(e.output or "")
-        raise AaPkgError(f"'{' '.join(e.cmd)}' failed in the {suite} guest (status {e.returncode}): "
+        raise AaPkgError(f"'{' '.join(e.cmd)}' failed in the {machine.suite} guest (status {e.returncode}): "
                          f"{last_line(e.output)}", f"its whole output is in {log}") from None
-    try:
-        if state.early == "all":
-            phase("settle", f"first boot under qemu ({accel}): precompile for the kernel",
-                  lambda: machine.boot(script=SETTLE_EARLY, timeout=timeout))
-        boot = phase("boot", f"boot under qemu ({accel})",
-                     lambda: machine.boot(script=REPORT, timeout=timeout))
-    except vm.BootError as e:
-        result.serial_log = str(e.log_path)
-        result.findings.append(Finding("no-report", f"{e.reason}; the serial log: {e.log_path}"))
-        return result
-    read_boot(result, boot)
-    return result
 
 
 def probe_is_admin(machine: vm.Machine) -> None:

@@ -2,7 +2,7 @@
 
 The one VM layer: `aa-pkg verify` (aa_pkg/verify.py) boots a user's
 package through it, and the test suite boots every guest through it
-(tests/vm.py adds pytest's skips). Typical use (as root)::
+(tests/vm.py adds pytest's skips). Typical use (as root or not, below)::
 
     m = Machine.create("trixie", workdir)
     m.install_debs([deb])                      # real apt-get, runs our dpkg trigger
@@ -35,6 +35,16 @@ is active, prints a report to the serial console between markers, runs the
 boot script (read from the second disk, /dev/vdb) and powers the guest off.
 Script lines of the form ``@@ key=value`` end up in ``Boot.values``.
 
+Root, or not
+------------
+As root, the directory is changed directly.  As another user (``aa-pkg
+verify`` run as one), everything that must be root there (unpacking the
+base with its owners, the chroot, ``mke2fs -d``) runs as root of a user
+namespace of its own (``as_root``), with this user as its root and the
+user's subordinate ids (subuid(5)) as the rest, as mmdebstrap's unshare
+mode builds the base.  Files root owns in the guest are then this user's
+on the host, so the code here writes them directly in both cases.
+
 Only the standard library is used.
 """
 
@@ -43,6 +53,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -50,6 +61,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 __all__ = [
     "PACKAGES",
@@ -58,6 +70,8 @@ __all__ = [
     "BootError",
     "ChrootError",
     "Machine",
+    "UserNamespaceError",
+    "as_root",
     "base_tarball",
     "cache_dir",
     "missing_tools",
@@ -286,11 +300,143 @@ class BootError(RuntimeError):
 # ---------------------------------------------------------------------------
 # The tools it needs.
 
+def _tools_path() -> str:
+    # /usr/sbin is not on a user's PATH (Debian's /etc/profile), yet mke2fs
+    # and debugfs are there, and run by anybody.
+    return os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+
+
 def missing_tools(*names: str) -> list[str]:
     """Those of the programs names that are not installed."""
-    # /usr/sbin is not always on PATH for the programs there (mke2fs, debugfs).
-    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
-    return [n for n in names if shutil.which(n, path=path) is None]
+    return [n for n in names if shutil.which(n, path=_tools_path()) is None]
+
+
+def tool(name: str) -> str:
+    """The path of the program name, found as missing_tools() finds it; name if it is missing."""
+    return shutil.which(name, path=_tools_path()) or name
+
+
+# ---------------------------------------------------------------------------
+# Root, or root of a user namespace.
+
+# How many ids of the guest a user namespace maps: the guest's root, then
+# its system users and groups (Debian's are below 65536: nobody is 65534).
+GUEST_IDS = 65536
+
+# The tools that make a user namespace with more than one id in it: the
+# setuid helpers that check /etc/subuid and /etc/subgid (user_namespaces(7),
+# "Defining user and group ID mappings").
+USERNS_TOOLS = {"newuidmap": "uidmap", "newgidmap": "uidmap", "unshare": "util-linux"}
+
+
+class UserNamespaceError(RuntimeError):
+    """This user cannot be root of a user namespace here; str() says why, args[1] the fix."""
+
+
+def unprivileged() -> bool:
+    """True when not root: the guest's root is then made in a user namespace."""
+    return os.geteuid() != 0
+
+
+def subordinate_ids(table: str, user: str, own_id: int) -> tuple[int, int] | None:
+    """(first, count) of the first range of at least GUEST_IDS ids that table
+    (/etc/subuid or /etc/subgid: NAME_OR_ID:FIRST:COUNT lines, subuid(5)) gives user."""
+    try:
+        lines = Path(table).read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.strip().split(":")
+        if len(fields) == 3 and fields[0] in (user, str(own_id)) \
+                and fields[1].isdigit() and fields[2].isdigit() and int(fields[2]) >= GUEST_IDS:
+            return int(fields[1]), int(fields[2])
+    return None
+
+
+def _id_maps() -> list[list[str]]:
+    """newuidmap's and newgidmap's arguments (after the PID): this user as root, GUEST_IDS - 1
+    subordinate ids after it."""
+    uid, gid = os.getuid(), os.getgid()
+    user = pwd.getpwuid(uid).pw_name
+    maps = []
+    for table, own in (("/etc/subuid", uid), ("/etc/subgid", gid)):
+        found = subordinate_ids(table, user, own)
+        if found is None:
+            raise UserNamespaceError(
+                f"{table} gives {user} no range of {GUEST_IDS} ids, which the guest's system users need",
+                f"as root: usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {user} "
+                f"(any free range), or run as root")
+        maps.append(["0", str(own), "1", "1", str(found[0]), str(GUEST_IDS - 1)])
+    return maps
+
+
+# Waits on its stdin until the host has written the id maps, then runs the
+# command with stdin from /dev/null: a process of a new user namespace has
+# no ids in it until then (user_namespaces(7)), and its execve() gives it
+# root's capabilities only once uid 0 is mapped (capabilities(7),
+# "Capabilities and execution of programs by root").
+_WAIT_FOR_MAPS = 'read -r _ && exec "$@" </dev/null'
+
+
+def as_root(args: list[str], *, mounts: bool = False, check: bool = True,
+            **popen: Any) -> subprocess.CompletedProcess[Any]:
+    """Run args as root, like subprocess.run(args, check=check, **popen).
+
+    As root: directly, in a private mount namespace with mounts (what it
+    mounts vanishes with it, even if we are killed). Otherwise: as root of
+    a new user namespace with its own mount and PID namespaces (so it may
+    mount proc, bind mounts and nothing of the host), this user as its uid
+    and gid 0; everything in it ends with it.
+    """
+    if "stdin" in popen:
+        raise ValueError("as_root: the command's stdin is /dev/null")
+    if not unprivileged():
+        prefix = ["unshare", "--mount", "--propagation", "private"] if mounts else []
+        done: subprocess.CompletedProcess[Any] = subprocess.run(
+            [*prefix, *args], check=check, stdin=subprocess.DEVNULL, **popen)
+        return done
+    maps = _id_maps()
+    if popen.pop("capture_output", False):
+        popen.update(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        ["unshare", "--user", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
+         "--", "sh", "-c", _WAIT_FOR_MAPS, "as-root", *args],
+        stdin=subprocess.PIPE, **popen)
+    try:
+        _map_ids(proc, maps)
+        out, err = proc.communicate(b"go\n" if not popen.get("text") else "go\n")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    done = subprocess.CompletedProcess(args, proc.returncode, out, err)
+    if check:
+        done.check_returncode()
+    return done
+
+
+def _map_ids(proc: subprocess.Popen[Any], maps: list[list[str]]) -> None:
+    """Give the new user namespace of proc its ids, once unshare(1) has made it."""
+    ours = os.readlink("/proc/self/ns/user")
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if os.readlink(f"/proc/{proc.pid}/ns/user") != ours:
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise UserNamespaceError(
+                "unshare --user did not make a user namespace (are unprivileged user namespaces "
+                "allowed? sysctl user.max_user_namespaces, kernel.unprivileged_userns_clone)",
+                "allow them (sysctl kernel.unprivileged_userns_clone=1), or run as root")
+        time.sleep(0.01)
+    for tool, arguments in (("newuidmap", maps[0]), ("newgidmap", maps[1])):
+        done = subprocess.run([tool, str(proc.pid), *arguments], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            said = (done.stderr.strip().splitlines() or ["(nothing)"])[-1]
+            raise UserNamespaceError(f"{tool} {' '.join(arguments)} failed: {said}",
+                                     "check this user's lines in /etc/subuid and /etc/subgid, or run as root")
 
 
 # ---------------------------------------------------------------------------
@@ -323,7 +469,9 @@ def base_tarball(suite: str) -> Path:
         tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.tar")
         try:
             subprocess.run(
-                ["mmdebstrap", "--variant=minbase",
+                # unshare: as root of a user namespace, as as_root() works
+                # (mmdebstrap(1), MODES); never "auto", which would try others.
+                ["mmdebstrap", "--mode=" + ("unshare" if unprivileged() else "root"), "--variant=minbase",
                  # A snapshot of testing can carry a Release file past its
                  # Valid-Until; the option stays in the guest's apt.conf.d.
                  *(["--aptopt=Acquire::Check-Valid-Until \"false\""] if suite == TESTING else []),
@@ -403,12 +551,29 @@ def _parse_boot(log: str, log_path: Path, wall: float, total: float
 
 # Runs in a private mount namespace (see chroot_run): the mounts disappear
 # with the namespace when the command ends, whatever happens to us.
+# "$2" says how /sys and /dev are had. As root ("new"): a sysfs of its own,
+# with nothing mounted in it (so no securityfs: a chroot build names no
+# AppArmor features, aa-fullsystem(8)), and /dev with its ptys. As root of
+# a user namespace ("bind"): a new sysfs needs a network namespace of its
+# own, which would cut apt off, and a bind of a mount whose submounts are
+# locked (/dev/pts, /dev/shm) is refused unless it takes them along
+# (mount_namespaces(7), "Restrictions on mount namespaces"); so both are
+# bound whole, and the host's securityfs, if mounted, is hidden under an
+# empty tmpfs, as a sysfs of its own would have it.
 _CHROOT_SH = r"""set -e
-root="$1"; shift
+root="$1"; sys_and_dev="$2"; shift 2
 mount -t proc proc "$root/proc"
-mount -t sysfs sysfs "$root/sys"
-mount --bind /dev "$root/dev"
-mount --bind /dev/pts "$root/dev/pts"
+if [ "$sys_and_dev" = new ]; then
+    mount -t sysfs sysfs "$root/sys"
+    mount --bind /dev "$root/dev"
+    mount --bind /dev/pts "$root/dev/pts"
+else
+    mount --rbind /sys "$root/sys"
+    if mountpoint -q "$root/sys/kernel/security"; then
+        mount -t tmpfs -o ro,mode=755 none "$root/sys/kernel/security"
+    fi
+    mount --rbind /dev "$root/dev"
+fi
 # Current DNS for apt, without writing into the root.
 if [ -f /etc/resolv.conf ] && [ -f "$root/etc/resolv.conf" ] \
         && [ ! -L "$root/etc/resolv.conf" ]; then
@@ -451,10 +616,16 @@ class Machine:
         tarball = base_tarball(suite)
         machine = cls(suite, workdir)
         machine.root.mkdir(parents=True)      # must be new: no stale state
-        subprocess.run(
-            ["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner",
-             "-xpf", str(tarball), "-C", str(machine.root)],
-            check=True)
+        # Root of a user namespace may not make device nodes (mknod(2)):
+        # the base's few in /dev are left out there. The guest never sees
+        # them anyway: both initramfs generators mount devtmpfs over /dev.
+        no_nodes = ["--exclude=./dev/*"] if unprivileged() else []
+        try:
+            as_root(["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", *no_nodes,
+                     "-xpf", str(tarball), "-C", str(machine.root)])
+        except BaseException:
+            machine.drop_root()     # half a root, perhaps of ids only a namespace may remove
+            raise
         return machine
 
     @property
@@ -472,14 +643,13 @@ class Machine:
         kept in self.transcript.  Only allowed before the first boot.
         """
         self._refuse_after_boot("chroot_run")
-        # unshare: the mounts live in a private mount namespace, so they are
+        # The mounts live in a private mount namespace (as_root), so they are
         # never visible on the host and vanish when the command exits, even
         # if this process is killed; nothing to clean up, nothing to leak.
-        cmd = ["unshare", "--mount", "--propagation", "private",
-               "sh", "-c", _CHROOT_SH, "chroot-run", str(self.root), *args]
-        proc = subprocess.run(
-            cmd, env=_CHROOT_ENV, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        proc = as_root(
+            ["sh", "-c", _CHROOT_SH, "chroot-run", str(self.root), "bind" if unprivileged() else "new", *args],
+            mounts=True,
+            env=_CHROOT_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, errors="replace", check=False)      # checked below, with the output
         proc.args = list(args)
         self.transcript.append(proc)
@@ -665,11 +835,17 @@ class Machine:
         """Turn the directory into the image that is the truth from now on."""
         self._drop_apt_lists()
         tmp = self.image.with_suffix(".tmp")
-        subprocess.run(
-            ["mke2fs", "-q", "-t", "ext4", "-L", "root", "-d", str(self.root),
-             "-F", str(tmp), DISK_SIZE],
-            check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        # As root of the namespace the directory was made in, mke2fs sees
+        # the guest's owners (0 for root), not the host's ids behind them.
+        as_root([tool("mke2fs"), "-q", "-t", "ext4", "-L", "root", "-d", str(self.root),
+                 "-F", str(tmp), DISK_SIZE], stdout=subprocess.DEVNULL)
         os.replace(tmp, self.image)
+
+    def drop_root(self) -> None:
+        """Remove the directory (stale once booted). Files there that the guest's other users own
+        are the host's subordinate ids when not root: only root of a namespace removes them."""
+        if self.root.exists():
+            as_root(["rm", "-rf", "--one-file-system", "--", str(self.root)])
 
     def _drop_apt_lists(self) -> None:
         """Leave out apt's package lists and caches, as mmdebstrap leaves
@@ -694,7 +870,7 @@ class Machine:
     def _debugfs(self, request: str) -> str:
         """Run one read-only debugfs request on the image, return stdout."""
         proc = subprocess.run(
-            ["debugfs", "-R", request, str(self.image)],
+            [tool("debugfs"), "-R", request, str(self.image)],
             capture_output=True, text=True, errors="replace", check=True,
             env={**os.environ, "DEBUGFS_PAGER": "__none__"})
         return proc.stdout

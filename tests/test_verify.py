@@ -4,14 +4,20 @@
 Each test is one verify: a fresh guest of the suite from the cached base
 image, the .debs installed by apt, the state set by aa-fullsystem, one
 boot under qemu (TCG: this host is a guest itself). What it must find is
-read from its JSON, and what it says from its text.
+read from its JSON, and what it says from its text. One runs it as a
+normal user, the others as root.
 """
 
 from __future__ import annotations
 
 import json
+import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,19 +26,82 @@ import vm
 from aa_pkg.build import build_packages
 from aa_pkg.config import load_config
 from aa_pkg.verify import all_codes
+from conftest import REPO
 
 pytestmark = pytest.mark.tools
 
 PROFILE = "fullsystem-init"
 
 
-def verify(tmp_path: Path, *args: str | Path, as_json: bool = True) -> tuple[subprocess.CompletedProcess, dict]:
-    """aa-pkg verify ARGS, its records in tmp_path/records; its output, and the result it kept
-    (with as_json, the same as it printed)."""
+@dataclass
+class User:
+    """A normal user, and a workspace of its own: aa_pkg's code, the .debs, verify's work and records."""
+
+    name: str
+    home: Path
+    workspace: Path
+
+    def aa_pkg(self) -> list[str]:
+        """aa-pkg, run as this user from the workspace's copy of aa_pkg by Debian's python3 (with
+        python3-debian, -jinja2, -sh: tools/setup), in a login's environment: the checkout and its
+        .venv may be out of the user's reach (under /root)."""
+        return ["runuser", "-u", self.name, "--", "env", "-i", f"HOME={self.home}", "LC_ALL=C.UTF-8",
+                "PATH=/usr/local/bin:/usr/bin:/bin", f"PYTHONPATH={self.workspace / 'src'}",
+                "/usr/bin/python3", "-m", "aa_pkg"]
+
+    def give(self, path: Path) -> Path:
+        """A copy of the file in the workspace, the user's."""
+        copy = self.workspace / path.name
+        shutil.copy(path, copy)
+        shutil.chown(copy, self.name, self.name)
+        return copy
+
+
+VERIFY_USER = "aa-pkg-verify-test"
+
+
+@pytest.fixture
+def normal_user() -> Iterator[User]:
+    """A user made for the test as an administrator makes one (useradd: Debian's gives it its
+    subordinate ids in /etc/subuid and /etc/subgid), removed after it with all it made."""
+    vm.require_tools("useradd", "userdel", "runuser", "newuidmap", "newgidmap")
+    vm.require_root()
+    if subprocess.run(["id", VERIFY_USER], capture_output=True).returncode == 0:
+        subprocess.run(["userdel", "--remove", VERIFY_USER], check=True)    # left by a run that was killed
+    subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", VERIFY_USER], check=True)
+    workspace = Path(tempfile.mkdtemp(prefix="aa-pkg-verify-", dir="/tmp"))
+    try:
+        uid = pwd.getpwnam(VERIFY_USER).pw_uid
+        for table, option in (("/etc/subuid", "--add-subuids"), ("/etc/subgid", "--add-subgids")):
+            if vm.subordinate_ids(table, VERIFY_USER, uid) is None:     # no table for useradd to fill
+                first = max([100000] + [int(f[1]) + int(f[2]) for f in ids_in(table)])
+                subprocess.run(["usermod", option, f"{first}-{first + 65535}", VERIFY_USER], check=True)
+        shutil.copytree(REPO / "aa_pkg", workspace / "src/aa_pkg", ignore=shutil.ignore_patterns("__pycache__"))
+        subprocess.run(["chown", "-R", f"{VERIFY_USER}:", workspace], check=True)
+        yield User(VERIFY_USER, Path(pwd.getpwnam(VERIFY_USER).pw_dir), workspace)
+    finally:
+        shutil.rmtree(workspace)
+        subprocess.run(["userdel", "--remove", VERIFY_USER], check=True, capture_output=True)
+
+
+def ids_in(table: str) -> list[list[str]]:
+    """The NAME:FIRST:COUNT lines of /etc/subuid or /etc/subgid, split."""
+    try:
+        lines = Path(table).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    return [fields for fields in (line.split(":") for line in lines) if len(fields) == 3]
+
+
+def verify(tmp_path: Path, *args: str | Path, as_json: bool = True,
+           user: User | None = None) -> tuple[subprocess.CompletedProcess, dict]:
+    """aa-pkg verify ARGS (as root, or as user in its workspace), its records in records/ there; its
+    output, and the result it kept (with as_json, the same as it printed)."""
     vm.require_tools("qemu-system-x86_64", "mmdebstrap", "mke2fs", "debugfs")
     vm.require_root()
-    records = tmp_path / "records"
-    done = subprocess.run([sys.executable, "-m", "aa_pkg", "verify", "--accel", "tcg", "--workdir", tmp_path / "work",
+    aa_pkg, where = ([sys.executable, "-m", "aa_pkg"], tmp_path) if user is None else (user.aa_pkg(), user.workspace)
+    records = where / "records"
+    done = subprocess.run([*aa_pkg, "verify", "--accel", "tcg", "--workdir", where / "work",
                            "--record-dir", records, *(["--json"] if as_json else []), *map(str, args)],
                           capture_output=True, text=True)
     print(f"--- aa-pkg verify {' '.join(map(str, args))}: exit {done.returncode}\n{done.stderr}\n{done.stdout}")
@@ -43,10 +112,12 @@ def verify(tmp_path: Path, *args: str | Path, as_json: bool = True) -> tuple[sub
     return done, result
 
 
-def publish(tmp_path: Path, signing: tuple[Path, str], deb: Path) -> subprocess.CompletedProcess:
-    """aa-pkg publish --require-verified, with the records verify kept in tmp_path/records."""
+def publish(tmp_path: Path, signing: tuple[Path, str], deb: Path, records: Path | None = None
+            ) -> subprocess.CompletedProcess:
+    """aa-pkg publish --require-verified, with the records verify kept (in tmp_path/records)."""
     return subprocess.run([sys.executable, "-m", "aa_pkg", "publish", "--repo", tmp_path / "repo",
-                           "--gnupghome", signing[0], "--key", signing[1], "--record-dir", tmp_path / "records",
+                           "--gnupghome", signing[0], "--key", signing[1],
+                           "--record-dir", records or tmp_path / "records",
                            "--require-verified", deb], capture_output=True, text=True)
 
 
@@ -54,16 +125,60 @@ def codes(result: dict) -> list[str]:
     return [f["code"] for f in result["findings"]]
 
 
-@pytest.mark.parametrize("suite", vm.SUITES)
-def test_the_default_package_passes_and_may_be_published(suite: str, built_deb: Path, tmp_path: Path,
+def test_the_default_package_passes_and_may_be_published(built_deb: Path, tmp_path: Path,
                                                           signing: tuple[Path, str]) -> None:
+    """trixie, as root (bookworm: as a normal user, below)."""
     refused = publish(tmp_path, signing, built_deb)
     assert refused.returncode == 1, refused
     assert refused.stderr.startswith(f"aa-pkg: error: {built_deb}: no passing 'aa-pkg verify' of these bytes"), \
         refused
     assert not (tmp_path / "repo/dists").exists()
 
-    done, result = verify(tmp_path, "--suite", suite, "--stage", "full", "--mode", "enforce", built_deb)
+    done, result = verify(tmp_path, "--suite", "trixie", "--stage", "full", "--mode", "enforce", built_deb)
+    passes_and_publishes(done, result, tmp_path, signing, built_deb)
+
+
+def test_a_normal_user_verifies_and_root_publishes_its_record(normal_user: User, built_deb: Path, tmp_path: Path,
+                                                              signing: tuple[Path, str]) -> None:
+    """bookworm, as a user: its own base image (mmdebstrap in unshare mode), the guest's root made
+    as root of a user namespace (aa_pkg.vm.as_root), a passing record root's publish accepts."""
+    user, uid = normal_user, pwd.getpwnam(normal_user.name).pw_uid
+    deb = user.give(built_deb)
+    ranges = {table: vm.subordinate_ids(table, user.name, uid) for table in ("/etc/subuid", "/etc/subgid")}
+    assert None not in ranges.values(), ranges          # useradd's, or the fixture's
+    (first_uid, uids), (first_gid, gids) = ranges.values()
+
+    # Without subordinate ids: one line that says how to add them, before anything is built.
+    subprocess.run(["usermod", "--del-subuids", f"{first_uid}-{first_uid + uids - 1}",
+                    "--del-subgids", f"{first_gid}-{first_gid + gids - 1}", user.name], check=True)
+    try:
+        refused = subprocess.run([*user.aa_pkg(), "verify", "--accel", "tcg", "--workdir", user.workspace / "work",
+                                  "--suite", "bookworm", deb], capture_output=True, text=True)
+    finally:
+        subprocess.run(["usermod", "--add-subuids", f"{first_uid}-{first_uid + uids - 1}",
+                        "--add-subgids", f"{first_gid}-{first_gid + gids - 1}", user.name], check=True)
+    assert (refused.returncode, refused.stdout) == (1, ""), refused
+    assert refused.stderr.splitlines() == [
+        f"aa-pkg: error: aa-pkg verify as {user.name}: /etc/subuid gives {user.name} no range of 65536 ids, "
+        f"which the guest's system users need",
+        f"aa-pkg: hint: as root: usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {user.name} "
+        f"(any free range), or run as root"], refused
+    assert not (user.workspace / "work").exists()
+
+    done, result = verify(tmp_path, "--suite", "bookworm", "--stage", "full", "--mode", "enforce", deb, user=user)
+    passes_and_publishes(done, result, tmp_path, signing, built_deb, records=user.workspace / "records")
+    # The base image is the user's own, built by mmdebstrap as the user.
+    [base] = (user.home / ".cache/apparmor-fullsystem/vm").glob("base-bookworm-*.tar")
+    assert base.stat().st_uid == uid
+    # Nothing is left that the user cannot remove: the guest's directory, whose files the
+    # subordinate ids own on the host, went with the namespace's rm.
+    assert not (user.workspace / "work/machine/root").exists()
+    assert [path for path in user.workspace.rglob("*") if path.lstat().st_uid != uid] == []
+    assert (user.workspace / "work/machine/disk.img").is_file()
+
+
+def passes_and_publishes(done: subprocess.CompletedProcess, result: dict, tmp_path: Path,
+                         signing: tuple[Path, str], built_deb: Path, records: Path | None = None) -> None:
     assert (done.returncode, result["findings"]) == (0, []), result
     assert result["passed"] is True
     assert result["pid1"] == f"{PROFILE} (enforce)", result
@@ -73,7 +188,7 @@ def test_the_default_package_passes_and_may_be_published(suite: str, built_deb: 
     assert result["unconfined"] == 0 and result["refusals"] == [], result
     assert set(result["phases"]) == {"image", "install", "stage full", "mode enforce", "boot"}, result
 
-    published = publish(tmp_path, signing, built_deb)
+    published = publish(tmp_path, signing, built_deb, records)
     assert published.returncode == 0, published
     assert published.stdout == "published apparmor-fullsystem 0.1\n", published
     [kept] = (tmp_path / "repo/.aa-pkg/verified/apparmor-fullsystem_0.1_all").iterdir()

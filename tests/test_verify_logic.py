@@ -1,6 +1,6 @@
 """aa-pkg verify's decisions without a guest: the state's commands, the
-refusal of a bad state, the attach check, and which records count as a
-pass. Its boots are test_verify's."""
+refusal of a bad state, the tools it asks for, the attach check, and which
+records count as a pass. Its boots are test_verify's."""
 
 from __future__ import annotations
 
@@ -9,9 +9,32 @@ from pathlib import Path
 
 import pytest
 
-from aa_pkg.errors import AaPkgError
+from aa_pkg import vm
+from aa_pkg.errors import AaPkgError, ToolMissingError
 from aa_pkg.findings import FINDINGS
-from aa_pkg.verify import VERIFY_FINDINGS, State, not_attached, passing_records
+from aa_pkg.verify import VERIFY_FINDINGS, State, check_can_run, not_attached, passing_records
+
+
+@pytest.mark.parametrize(("unprivileged", "missing", "hint"), [
+    (True, ["newuidmap", "newgidmap"], "install them: apt-get install uidmap (tools/setup does)"),
+    (True, ["mmdebstrap", "newgidmap"], "install them: apt-get install mmdebstrap uidmap (tools/setup does)"),
+    (False, ["qemu-system-x86_64"], "install them: apt-get install qemu-system-x86 (tools/setup does)"),
+])
+def test_a_missing_tool_is_named_with_its_package(monkeypatch: pytest.MonkeyPatch, unprivileged: bool,
+                                                   missing: list[str], hint: str) -> None:
+    """As a normal user, verify also needs the setuid helpers that map the subordinate ids."""
+    asked: list[str] = []
+
+    def missing_tools(*names: str) -> list[str]:
+        asked.extend(names)
+        return [name for name in names if name in missing]
+    monkeypatch.setattr(vm, "unprivileged", lambda: unprivileged)
+    monkeypatch.setattr(vm, "missing_tools", missing_tools)
+    with pytest.raises(ToolMissingError) as caught:
+        check_can_run()
+    assert caught.value.message == f"aa-pkg verify needs {', '.join(missing)}"
+    assert caught.value.hint == hint
+    assert ("newuidmap" in asked) is unprivileged
 
 
 def test_state_commands_keep_the_order_aa_fullsystem_allows() -> None:

@@ -4,6 +4,8 @@ No package of ours is installed here; this proves that tests/vm.py works on
 each suite before any test relies on it.
 """
 
+import subprocess
+
 import pytest
 
 try:                    # tests/ imported as a package
@@ -126,3 +128,28 @@ def test_probe_report_is_found_after_a_status_line_without_newline(tmp_path):
     assert boot is not None and boot.reached_multi_user
     # And a log whose probe never printed its end is still "did not finish".
     assert vm._parse_boot(log[:log.index(vm.END)], tmp_path / "serial.log", 1.0, 2.0) is None
+
+
+@pytest.mark.parametrize(("table", "expected"), [
+    # The user's first range of at least 65536 ids, by name or by uid.
+    ("other:100000:65536\nuser:165536:65536\n", (165536, 65536)),
+    ("1234:200000:100000\n", (200000, 100000)),
+    # Too short for the guest's ids, malformed, someone else's: none.
+    ("user:100000:1000\nuser:x:65536\nother:300000:65536\n", None),
+    ("", None),
+])
+def test_subordinate_ids_of_the_user_are_read_by_name_or_uid(tmp_path, table, expected):
+    path = tmp_path / "subuid"
+    path.write_text(table)
+    assert vm.subordinate_ids(str(path), "user", 1234) == expected
+    assert vm.subordinate_ids(str(tmp_path / "absent"), "user", 1234) is None
+
+
+def test_as_root_runs_with_stdin_from_dev_null_and_says_how_it_ended():
+    vm.require_root()
+    done = vm.as_root(["sh", "-c", "cat; id -u; exit 3"], check=False, capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (3, "0\n")
+    with pytest.raises(subprocess.CalledProcessError):
+        vm.as_root(["false"])
+    with pytest.raises(ValueError, match="stdin"):
+        vm.as_root(["true"], stdin=subprocess.PIPE)
