@@ -125,3 +125,48 @@ def test_failed_units_are_read_or_reported_unread(tmp_path: Path, systemctl: str
         assert messages == [], (out, messages)
     else:
         assert len(messages) == 1 and messages[0].startswith(finding), (out, messages)
+
+
+STATUS_WITH_A_REFUSAL = ('{"boot": {"outcome": "loaded"}, "unconfined_processes": 0, '
+                         '"denied": [{"count": 2, "profile": "site-x", "program": "x", "operation": "open", '
+                         '"target": "/var/lib/x"}], "would_deny": [], '
+                         '"findings": [{"code": "refused", "message": "2 refusals this boot."}, '
+                         '{"code": "initramfs-leftovers", "message": "still exiting"}]}')
+
+
+@pytest.mark.parametrize(("multi_user", "status", "codes", "said"), [
+    # The probe saw multi-user.target inactive (sysvinit: runlevel 1).
+    (False, f"echo '{STATUS_WITH_A_REFUSAL}'", ["multi-user-not-reached", "refused"],
+     "multi-user.target was not active (system state: runlevel 1)"),
+    # status printed no JSON (not installed, or it failed): said, not taken for "nothing found".
+    (True, "echo 'aa-fullsystem: not found' >&2; exit 127", ["status-unreadable"],
+     "aa-fullsystem --json status printed no JSON in the guest"),
+    (True, "echo '{\"boot\": '", ["status-unreadable"], "aa-fullsystem --json status printed no JSON"),
+    # status's own findings, with the refusals named; a leftover of the initramfs is no problem.
+    (True, f"echo '{STATUS_WITH_A_REFUSAL}'", ["refused"], "2 refusals this boot. 2x site-x x open /var/lib/x"),
+])
+def test_the_guest_report_becomes_findings(tmp_path: Path, multi_user: bool, status: str, codes: list[str],
+                                           said: str) -> None:
+    """verify's REPORT, run here with an aa-fullsystem that says what is given, and read_boot's
+    findings from its lines and the probe's header."""
+    import subprocess
+
+    from aa_pkg.verify import REPORT, Result, read_boot
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("systemctl", "true"), ("aa-fullsystem", status)):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    script = REPORT.split("for p in /proc/")[0]
+    out = subprocess.run(["sh", "-c", script], env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
+                         capture_output=True, text=True).stdout
+    values = dict(line[3:].split("=", 1) for line in out.splitlines() if line.startswith("@@ "))
+    boot = vm.Boot(log="", log_path=tmp_path / "serial.log", reached_multi_user=multi_user,
+                   system_state="running" if multi_user else "runlevel 1", output=out, values=values,
+                   script_exit=0, seconds_to_probe=1.0, wall_seconds=1.0, total_seconds=1.0)
+    result = Result(suite="trixie", backports=False, state=State(), debs={}, accel="tcg")
+    read_boot(result, boot)
+    assert [f.code for f in result.findings] == codes, (out, result.findings)
+    assert any(said in f.message for f in result.findings), result.findings
+    assert not result.passed
