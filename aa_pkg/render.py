@@ -195,6 +195,13 @@ class Paths:
         return PurePosixPath("/var/cache") / self.package / "compiled"
 
     @property
+    def compiled_objects(self) -> PurePosixPath:
+        # Each installed policy file compiled alone, under a key of what its
+        # binary follows from: a build whose input changed compiles only
+        # the files with no binary for their content. /var/cache, as above.
+        return PurePosixPath("/var/cache") / self.package / "objects"
+
+    @property
     def initramfs_dir(self) -> PurePosixPath:
         # Our files inside the initramfs image.
         return PurePosixPath("/usr/lib") / self.package

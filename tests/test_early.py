@@ -166,8 +166,11 @@ echo "@@ rebuild_ms=$((($(date +%s%N) - start) / 1000000))"
 
 # The compiled policy kept between builds (aa-pkg's compiled_policy):
 # rebuilt with nothing changed, it is reused, not compiled; damaged, it is
-# compiled again; after a profile changes, the new image carries the change.
+# compiled again; after a profile is added, only it is compiled (and an
+# object found damaged), the other files' objects reused, and the new image
+# carries the change.
 KEPT = "/var/cache/apparmor-fullsystem/compiled"
+OBJECTS = "/var/cache/apparmor-fullsystem/objects"    # each installed policy file compiled alone
 ADDED = "aafs-test-added"
 KEPT_COMPILED = rf"""
 start=$(date +%s%N)
@@ -191,10 +194,21 @@ abi <abi/3.0>,
 profile {ADDED} /usr/local/bin/{ADDED} flags=(complain) {{
 }}
 END
+# ... with one object of the installed files damaged: compiled again too.
+store=$(dirname "$(ls {OBJECTS}/*/index | head -n 1)")
+victim=$(sed -n 1p "$store/index" | cut -d' ' -f3-)
+printf 'damage' >>"$store/$victim"
+start=$(date +%s%N)
 update-initramfs -u >/run/aafs-changed.log 2>&1
 echo "@@ changed_exit=$?"
+echo "@@ changed_ms=$((($(date +%s%N) - start) / 1000000))"
 cat /run/aafs-changed.log
 grep -q 'reused the policy' /run/aafs-changed.log && echo "@@ changed_reused=yes"
+echo "@@ policy_files=$(find /etc/apparmor.d -maxdepth 1 -type f | wc -l)"
+sed -n 's|.*compiling \([0-9]*\) of the files of /etc/apparmor.d, \([0-9]*\) unchanged.*|@@ changed_compiled=\1\n@@ changed_unchanged=\2|p' /run/aafs-changed.log
+grep -q " $victim\$" "$store/index" && echo "@@ victim_kept=yes"
+(cd "$store" && awk '{{ print $2 "  " substr($0, length($1) + length($2) + 3) }}' index | sha256sum --check --quiet --strict) &&
+    echo "@@ objects_whole=yes"
 unpacked=$(mktemp -d)
 unmkinitramfs /boot/initrd.img-$(uname -r) "$unpacked"
 files=$(find "$unpacked" -path '*/{INITRAMFS_DIR}/cache/files' | head -n 1)
@@ -395,7 +409,7 @@ def test_precompiled_policy_loaded_before_init(suite, built_deb, tmp_path):
     if suite == KEPT_SUITE:
         # Rebuilt with nothing changed: the kept compiled policy, not a compile.
         print(f"FIGURES suite={suite} rebuild_compile_ms={b.values['rebuild_ms']} "
-              f"rebuild_reuse_ms={b.values['reuse_ms']}")
+              f"rebuild_reuse_ms={b.values['reuse_ms']} rebuild_one_added_ms={b.values['changed_ms']}")
         assert b.values["reuse_exit"] == "0" and b.values.get("reused") == "yes", where(b)
         assert b.values["entries"] == "1", where(b)       # one kernel, one entry kept
         # A damaged entry is found and compiled again, never loaded.
@@ -404,6 +418,11 @@ def test_precompiled_policy_loaded_before_init(suite, built_deb, tmp_path):
         # A changed policy makes another key: compiled, and in the image.
         assert b.values["changed_exit"] == "0" and "changed_reused" not in b.values, where(b)
         assert b.values.get("change_in_image") == "yes", where(b)
+        # ... compiling the added file and the damaged object's, and those the
+        # parser writes no binary for (disabled), not the rest.
+        compiled, unchanged = int(b.values["changed_compiled"]), int(b.values["changed_unchanged"])
+        assert 2 <= compiled < unchanged and compiled + unchanged <= int(b.values["policy_files"]), where(b)
+        assert b.values.get("victim_kept") == "yes" and b.values.get("objects_whole") == "yes", where(b)
     # The kernel refuses a set cut short: none of it is loaded, the text init
     # profile is, and the record and status say so.
     assert b.values["cut.policy_found"] == "yes", where(b)
