@@ -168,7 +168,7 @@ echo "@@ rebuild_ms=$((($(date +%s%N) - start) / 1000000))"
 # rebuilt with nothing changed, it is reused, not compiled; damaged, it is
 # compiled again; after a profile is added, only it is compiled (and an
 # object found damaged), the other files' objects reused, and the new image
-# carries the change.
+# carries the change; after an abstraction changes, everything is.
 KEPT = "/var/cache/apparmor-fullsystem/compiled"
 OBJECTS = "/var/cache/apparmor-fullsystem/objects"    # each installed policy file compiled alone
 ADDED = "aafs-test-added"
@@ -214,6 +214,15 @@ unmkinitramfs /boot/initrd.img-$(uname -r) "$unpacked"
 files=$(find "$unpacked" -path '*/{INITRAMFS_DIR}/cache/files' | head -n 1)
 grep -qx {ADDED} "$files" && echo "@@ change_in_image=yes"
 rm -rf "$unpacked"
+# A changed abstraction: every file compiled again, under another base,
+# and the old store gone.
+echo '# tests/test_early.py: an abstraction changed' >>/etc/apparmor.d/abstractions/base
+update-initramfs -u >/run/aafs-abstraction.log 2>&1
+echo "@@ abstraction_exit=$?"
+cat /run/aafs-abstraction.log
+grep -q 'compiling .* unchanged' /run/aafs-abstraction.log && echo "@@ abstraction_reused=yes"
+echo "@@ stores=$(find {OBJECTS} -mindepth 1 -maxdepth 1 -type d | wc -l)"
+[ -d "$store" ] || echo "@@ old_store_gone=yes"
 """
 KEPT_SUITE = "trixie"   # the hook is the same on every suite; the time is not
 
@@ -423,6 +432,9 @@ def test_precompiled_policy_loaded_before_init(suite, built_deb, tmp_path):
         compiled, unchanged = int(b.values["changed_compiled"]), int(b.values["changed_unchanged"])
         assert 2 <= compiled < unchanged and compiled + unchanged <= int(b.values["policy_files"]), where(b)
         assert b.values.get("victim_kept") == "yes" and b.values.get("objects_whole") == "yes", where(b)
+        # A changed abstraction reuses no object: another base, the old one removed.
+        assert b.values["abstraction_exit"] == "0" and "abstraction_reused" not in b.values, where(b)
+        assert b.values["stores"] == "1" and b.values.get("old_store_gone") == "yes", where(b)
     # The kernel refuses a set cut short: none of it is loaded, the text init
     # profile is, and the record and status say so.
     assert b.values["cut.policy_found"] == "yes", where(b)
