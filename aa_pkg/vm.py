@@ -431,11 +431,11 @@ def _map_ids(proc: subprocess.Popen[Any], maps: list[list[str]]) -> None:
                 "allowed? sysctl user.max_user_namespaces, kernel.unprivileged_userns_clone)",
                 "allow them (sysctl kernel.unprivileged_userns_clone=1), or run as root")
         time.sleep(0.01)
-    for tool, arguments in (("newuidmap", maps[0]), ("newgidmap", maps[1])):
-        done = subprocess.run([tool, str(proc.pid), *arguments], capture_output=True, text=True, check=False)
+    for helper, arguments in (("newuidmap", maps[0]), ("newgidmap", maps[1])):
+        done = subprocess.run([helper, str(proc.pid), *arguments], capture_output=True, text=True, check=False)
         if done.returncode != 0:
             said = (done.stderr.strip().splitlines() or ["(nothing)"])[-1]
-            raise UserNamespaceError(f"{tool} {' '.join(arguments)} failed: {said}",
+            raise UserNamespaceError(f"{helper} {' '.join(arguments)} failed: {said}",
                                      "check this user's lines in /etc/subuid and /etc/subgid, or run as root")
 
 
