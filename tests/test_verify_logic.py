@@ -5,6 +5,7 @@ records count as a pass. Its boots are test_verify's."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,16 @@ import pytest
 from aa_pkg import vm
 from aa_pkg.errors import AaPkgError, ToolMissingError
 from aa_pkg.findings import FINDINGS
-from aa_pkg.verify import VERIFY_FINDINGS, State, check_can_run, not_attached, passing_records
+from aa_pkg.verify import (
+    REPORT,
+    VERIFY_FINDINGS,
+    Result,
+    State,
+    check_can_run,
+    not_attached,
+    passing_records,
+    read_boot,
+)
 
 
 @pytest.mark.parametrize(("unprivileged", "missing", "hint"), [
@@ -90,6 +100,26 @@ def test_only_a_passing_record_of_the_same_bytes_counts(tmp_path: Path) -> None:
     assert passing_records("aa" * 32, tmp_path / "none") == {}
 
 
+def read_report(tmp_path: Path, stand_ins: dict[str, str], multi_user: bool = True) -> tuple[str, Result]:
+    """verify's REPORT (the lines before the process walk), run here with stand-ins for the guest's
+    programs (name: sh body), and read_boot's result from its lines and the probe's header."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in stand_ins.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    script = REPORT.split("for p in /proc/")[0]
+    out = subprocess.run(["sh", "-c", script], env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
+                         capture_output=True, text=True).stdout
+    values = dict(line[3:].split("=", 1) for line in out.splitlines() if line.startswith("@@ "))
+    boot = vm.Boot(log="", log_path=tmp_path / "serial.log", reached_multi_user=multi_user,
+                   system_state="running" if multi_user else "runlevel 1", output=out, values=values,
+                   script_exit=0, seconds_to_probe=1.0, wall_seconds=1.0, total_seconds=1.0)
+    result = Result(suite="trixie", backports=False, state=State(), debs={}, accel="tcg")
+    read_boot(result, boot)
+    return out, result
+
+
 @pytest.mark.parametrize("systemctl, finding", [
     # One unit failed: named.
     ("printf 'lvm-activate-vg0.service loaded failed failed LVM activation\\n'", "failed units: lvm-activate-vg0.service"),
@@ -102,24 +132,7 @@ def test_only_a_passing_record_of_the_same_bytes_counts(tmp_path: Path) -> None:
 def test_failed_units_are_read_or_reported_unread(tmp_path: Path, systemctl: str, finding: str | None) -> None:
     """verify's REPORT, run here with a systemctl that says what is given,
     and read_boot's finding from its lines."""
-    import subprocess
-
-    from aa_pkg import vm
-    from aa_pkg.verify import REPORT, Result, read_boot
-
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "systemctl").write_text(f"#!/bin/sh\n{systemctl}\n")
-    (bin_dir / "systemctl").chmod(0o755)
-    script = REPORT.split("for p in /proc/")[0]        # the lines before the process walk
-    out = subprocess.run(["sh", "-c", script], env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
-                         capture_output=True, text=True).stdout
-    values = dict(line[3:].split("=", 1) for line in out.splitlines() if line.startswith("@@ "))
-    boot = vm.Boot(log="", log_path=tmp_path / "serial.log", reached_multi_user=True, system_state="running",
-                   output=out, values=values, script_exit=0, seconds_to_probe=1.0, wall_seconds=1.0,
-                   total_seconds=1.0)
-    result = Result(suite="trixie", backports=False, state=State(), debs={}, accel="tcg")
-    read_boot(result, boot)
+    out, result = read_report(tmp_path, {"systemctl": systemctl})
     messages = [f.message for f in result.findings if f.code == "failed-units"]
     if finding is None:
         assert messages == [], (out, messages)
@@ -149,24 +162,7 @@ def test_the_guest_report_becomes_findings(tmp_path: Path, multi_user: bool, sta
                                            said: str) -> None:
     """verify's REPORT, run here with an aa-fullsystem that says what is given, and read_boot's
     findings from its lines and the probe's header."""
-    import subprocess
-
-    from aa_pkg.verify import REPORT, Result, read_boot
-
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, body in (("systemctl", "true"), ("aa-fullsystem", status)):
-        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
-        (bin_dir / name).chmod(0o755)
-    script = REPORT.split("for p in /proc/")[0]
-    out = subprocess.run(["sh", "-c", script], env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
-                         capture_output=True, text=True).stdout
-    values = dict(line[3:].split("=", 1) for line in out.splitlines() if line.startswith("@@ "))
-    boot = vm.Boot(log="", log_path=tmp_path / "serial.log", reached_multi_user=multi_user,
-                   system_state="running" if multi_user else "runlevel 1", output=out, values=values,
-                   script_exit=0, seconds_to_probe=1.0, wall_seconds=1.0, total_seconds=1.0)
-    result = Result(suite="trixie", backports=False, state=State(), debs={}, accel="tcg")
-    read_boot(result, boot)
+    out, result = read_report(tmp_path, {"systemctl": "true", "aa-fullsystem": status}, multi_user)
     assert [f.code for f in result.findings] == codes, (out, result.findings)
     assert any(said in f.message for f in result.findings), result.findings
     assert not result.passed
