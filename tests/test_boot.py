@@ -10,8 +10,11 @@ machine "stub" (module fixture, one per suite; default stage stub/complain)
             status`, the initramfs contents and the FIGURES (initrd sizes
             with and without the package, this boot's times; the boot
             without the package is tools/bench-boot's), a service with a
-            profile of its own and one without; the kernel holds the full
-            profile apparmor.service put in the stub's place
+            profile of its own and one without; no_new_privs services: one
+            enters its own profile (the stack), one whose site rule is a Px
+            is refused it by the kernel and named by status; the sysvinit
+            script's unit masked; the kernel holds the full profile
+            apparmor.service put in the stub's place
     boot 2  an escape hatch: apparmor=0 on bookworm, aa_fullsystem=0 (the
             README's other spelling of =off) on trixie
 machine "broken" (stage full, complain)
@@ -114,6 +117,25 @@ PROBE_NNP_BIN = f"/usr/local/bin/{PROBE_NNP}"
 PROBE_NNP_PROFILE = PROBE_SVC_PROFILE.replace(PROBE_SVC, PROBE_NNP)
 PROBE_NNP_UNIT = PROBE_SVC_UNIT.replace(PROBE_SVC, PROBE_NNP).replace(
     "[Service]\n", "[Service]\nNoNewPrivileges=yes\n")
+# One that init's profile sends to its own profile *without* the stack: the
+# site rule the README gives for a role (`PROGRAM Px -> PROFILE,` in
+# local/fullsystem-init). Under NNP the kernel refuses that transition and
+# logs it (info="no new privs"); in complain mode the program runs on under
+# init's profile. status must name it: the kernel's record is the source.
+PROBE_NNP_PX = "aafs-probe-nnp-px"
+PROBE_NNP_PX_BIN = f"/usr/local/bin/{PROBE_NNP_PX}"
+PROBE_NNP_PX_PROFILE = PROBE_SVC_PROFILE.replace(PROBE_SVC, PROBE_NNP_PX)
+PROBE_NNP_PX_UNIT = PROBE_NNP_UNIT.replace(PROBE_NNP, PROBE_NNP_PX)
+PROBE_NNP_PX_RULE = f"{PROBE_NNP_PX_BIN} Px -> {PROBE_NNP_PX},\n"
+
+# The sysvinit script's unit (README, sysvinit): the package masks it, so
+# systemd never generates one from /etc/init.d. systemd's own answer.
+SYSV_UNIT = "apparmor-fullsystem.service"
+MASKED_UNIT = rf"""
+echo "@@ sysv_script=$(test -x /etc/init.d/apparmor-fullsystem && echo present)"
+echo "@@ sysv_unit.load=$(systemctl show -P LoadState {SYSV_UNIT} 2>&1)"
+echo "@@ sysv_unit.active=$(systemctl show -P ActiveState {SYSV_UNIT} 2>&1)"
+"""
 
 # ---------------------------------------------------------------------------
 # The stub machine: boots 1 to 3.
@@ -148,25 +170,32 @@ def stub(request, built_deb, tmp_path_factory) -> StubMachine:
     root = machine.root
     units = root / "etc/systemd/system"
     for name, binary, profile, unit in ((PROBE_SVC, PROBE_SVC_BIN, PROBE_SVC_PROFILE, PROBE_SVC_UNIT),
-                                        (PROBE_NNP, PROBE_NNP_BIN, PROBE_NNP_PROFILE, PROBE_NNP_UNIT)):
+                                        (PROBE_NNP, PROBE_NNP_BIN, PROBE_NNP_PROFILE, PROBE_NNP_UNIT),
+                                        (PROBE_NNP_PX, PROBE_NNP_PX_BIN, PROBE_NNP_PX_PROFILE,
+                                         PROBE_NNP_PX_UNIT)):
         shutil.copy2(root / "usr/bin/sleep", root / binary.lstrip("/"))
         (root / "etc/apparmor.d" / name).write_text(profile)
         (units / f"{name}.service").write_text(unit)
         # The profile compiles (apparmor.service would skip it otherwise).
         machine.chroot_run(["apparmor_parser", "--skip-kernel-load", "--skip-cache", "-Q",
                             f"/etc/apparmor.d/{name}"])
+    with (root / "etc/apparmor.d/local" / PROFILE).open("a") as local:
+        local.write(PROBE_NNP_PX_RULE)
     (units / f"{PROBE_PLAIN}.service").write_text(PROBE_PLAIN_UNIT)
+    # Every record printed: the no_new_privs refusal comes amid the boot's
+    # ALLOWED records, which the kernel's rate limit would thin out.
+    count_every_denial(root)
     machine.chroot_run(["systemctl", "enable", f"{PROBE_SVC}.service", f"{PROBE_NNP}.service",
-                        f"{PROBE_PLAIN}.service"])
+                        f"{PROBE_NNP_PX}.service", f"{PROBE_PLAIN}.service"])
 
-    services = unit_facts(PROBE_SVC, PROBE_NNP, PROBE_PLAIN)
+    services = unit_facts(PROBE_SVC, PROBE_NNP, PROBE_NNP_PX, PROBE_PLAIN) + MASKED_UNIT
     result = StubMachine(machine, initrd_base, initrd_pkg, listing, bottom_order)
     try:
         # The no_new_privs probe's exec at boot may come before
         # apparmor.service loads its profile (no transition is tried, it
         # stays under init's). One more exec, with its profile loaded, shows
         # the transition NNP allows.
-        restart_nnp = f"systemctl restart {PROBE_NNP}.service\n"
+        restart_nnp = f"systemctl restart {PROBE_NNP}.service {PROBE_NNP_PX}.service\n"
         result.first = machine.boot(script=restart_nnp + REPORT + services + DENIALS + LOADED_PROFILES)
     except vm.BootError as e:
         # Reported by every test that needs this boot, with the serial log.
@@ -260,9 +289,34 @@ def test_no_new_privs_service_enters_its_own_profile(stub):
     assert v[f"{PROBE_NNP}.active"] == "active", where(boot)
     assert v[f"{PROBE_NNP}.exe"] == PROBE_NNP_BIN, where(boot)
     assert v[f"{PROBE_NNP}.label"] == f"{PROBE_NNP}//&{PROFILE} (complain)", where(boot)
-    # No exec refused for no_new_privs, so status names none.
-    assert "No own profile (no_new_privs)" not in boot.output, where(boot)
-    assert 'info="no new privs"' not in boot.output, where(boot)
+    # The kernel refused no_new_privs nothing but the Px probe's exec (below).
+    refused = re.findall(r'^.*info="no new privs".*$', boot.output, re.MULTILINE)
+    assert refused and all(f'name="{PROBE_NNP_PX_BIN}"' in line for line in refused), where(boot)
+
+
+def test_status_names_an_exec_refused_for_no_new_privs(stub):
+    """2c. A transition that is not a stack, under NNP: the kernel refuses it, status names it."""
+    boot = first_boot(stub)
+    v = boot.values
+    # The kernel's record (DENIALS prints the boot's AppArmor lines):
+    # init's profile, the exec, the program, and why.
+    records = [line for line in boot.output.splitlines()
+               if 'info="no new privs"' in line and 'operation="exec"' in line
+               and f'profile="{PROFILE}"' in line and f'name="{PROBE_NNP_PX_BIN}"' in line]
+    assert records, where(boot)
+    # Complain mode lets the exec go on, without the transition: init's profile.
+    assert v[f"{PROBE_NNP_PX}.active"] == "active", where(boot)
+    assert v[f"{PROBE_NNP_PX}.label"] == f"{PROFILE} (complain)", where(boot)
+    # status names that program, and only it.
+    assert f"No own profile (no_new_privs): {PROBE_NNP_PX_BIN}" in boot.output.splitlines(), where(boot)
+
+
+def test_the_sysvinit_scripts_unit_is_masked_under_systemd(stub):
+    """2d. /etc/init.d/apparmor-fullsystem is for sysvinit: under systemd its unit is masked, never run."""
+    boot = first_boot(stub)
+    assert boot.values["sysv_script"] == "present", where(boot)
+    assert boot.values["sysv_unit.load"] == "masked", where(boot)
+    assert boot.values["sysv_unit.active"] == "inactive", where(boot)
 
 
 # The escape hatch each suite boots, beside the enforced and the stub boots:
