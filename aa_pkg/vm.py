@@ -246,18 +246,18 @@ VCPUS = 1
 NO_ADDRESS_RANDOMIZATION = "norandmaps"
 
 
-def usable_accel() -> str:
+def usable_accel(kvm: Path = Path("/dev/kvm"), cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """"kvm" when /dev/kvm opens and this host is no guest itself, else "tcg".
 
     On a guest (the CPU's "hypervisor" flag), KVM would be nested, and
     nested KVM stalls on the hosts this was built on; TCG only costs time.
     """
     try:
-        os.close(os.open("/dev/kvm", os.O_RDWR))
+        os.close(os.open(kvm, os.O_RDWR))
     except OSError:
         return "tcg"
     try:
-        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines()
+        flags = next((line for line in cpuinfo.read_text().splitlines()
                       if line.startswith("flags")), "")
     except OSError:
         return "tcg"

@@ -1,5 +1,5 @@
 """aa-pkg verify's decisions without a guest: the state's commands, the
-refusal of a bad state, the tools it asks for, the attach check, and which
+refusal of a bad state, the tools it asks for, KVM or TCG, the attach check, and which
 records count as a pass. Its boots are test_verify's."""
 
 from __future__ import annotations
@@ -23,6 +23,26 @@ from aa_pkg.verify import (
     passing_records,
     read_boot,
 )
+
+
+CPU_FLAGS = "flags\t\t: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr"
+
+
+@pytest.mark.parametrize(("kvm_opens", "flags", "accel"), [
+    (True, CPU_FLAGS, "kvm"),
+    (True, CPU_FLAGS + " hypervisor lahf_lm", "tcg"),   # a guest: KVM would be nested
+    (False, CPU_FLAGS, "tcg"),                          # no /dev/kvm, or not ours to open
+    (True, None, "tcg"),                                # /proc/cpuinfo unreadable
+])
+def test_kvm_only_where_it_opens_on_a_host_that_is_no_guest(tmp_path: Path, kvm_opens: bool, flags: str | None,
+                                                            accel: str) -> None:
+    """--accel auto (README, verify): KVM when /dev/kvm opens and the CPU says no hypervisor."""
+    kvm, cpuinfo = tmp_path / "kvm", tmp_path / "cpuinfo"
+    if kvm_opens:
+        kvm.write_bytes(b"")
+    if flags is not None:
+        cpuinfo.write_text(f"processor\t: 0\n{flags}\n")
+    assert vm.usable_accel(kvm, cpuinfo) == accel
 
 
 @pytest.mark.parametrize(("unprivileged", "missing", "hint"), [
