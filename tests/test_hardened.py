@@ -426,6 +426,27 @@ LVM_AT_BOOT = f"""
 echo "@@ lvm_active=$(lvs --noheadings -o lv_active {LVM_VG}/data 2>&1 | tr -d ' ')"
 echo "@@ lvm_monitor=$(systemctl show -p Result --value lvm2-monitor.service)"
 """
+# Then activation by the running system, as for a disk added later: the
+# disk's "add" event replayed, lvm2's udev rule (69-lvm.rules) runs pvscan
+# in udev and asks PID 1 for a transient lvm-activate-VG unit, whose lvm
+# runs in the system role. The administrator (this script) deactivates the
+# group and clears lvm2's record of what it has seen online, as lvm2's own
+# test suite does to replay an event; the activation is the system's.
+LV_ACTIVE = f"lvs --noheadings -o lv_active {LVM_VG}/data 2>&1 | tr -d ' '"
+ACTIVATED_BY_UNIT = f"journalctl -b -o cat -u lvm-activate-{LVM_VG}.service | grep -c 'now active'"
+LVM_BY_THE_RUNNING_SYSTEM = f"""
+units_before=$({ACTIVATED_BY_UNIT})
+vgchange -q -an {LVM_VG} >/dev/null
+echo "@@ lvm_off_exit=$?"
+echo "@@ lvm_after_off=$({LV_ACTIVE})"
+rm -f /run/lvm/pvs_online/* /run/lvm/vgs_online/*
+udevadm trigger --action=add --settle /dev/vdc
+echo "@@ lvm_trigger_exit=$?"
+tries=60
+while [ "$({LV_ACTIVE})" != active ] && [ $tries -gt 0 ]; do sleep 0.5; tries=$((tries - 1)); done
+echo "@@ lvm_reactivated=$({LV_ACTIVE})"
+echo "@@ lvm_activations_by_unit=$(( $({ACTIVATED_BY_UNIT}) - units_before ))"
+"""
 # A service that loads an AppArmor profile of its own at every boot, as
 # libvirt or a container engine does: the parser it runs is in the system
 # role's list, so PID 1 starts it there.
@@ -755,7 +776,8 @@ def test_hardened_enforced_refuses_services_and_keeps_the_admin(hardened):
     # then unattended-upgrades, started by PID 1, upgrades a package whose
     # postinst runs update-initramfs; then complain mode, or the standard
     # level. Denials counted after the upgrade: package management refused nothing.
-    b = boot(machine, DENIED_AT_START + REPORT + LVM_AT_BOOT + PROFILE_LOADED + UNATTENDED_UPGRADE + DENIALS
+    b = boot(machine, DENIED_AT_START + REPORT + LVM_AT_BOOT + LVM_BY_THE_RUNNING_SYSTEM + PROFILE_LOADED
+             + UNATTENDED_UPGRADE + DENIALS
              + (MODE_COMPLAIN if machine.suite == COMPLAIN_SUITE else LEVEL_STANDARD))
     v = b.values
     assert v["initrd_before_uu"] == machine.boots[0].values["initrd_after"], where(b)
@@ -767,6 +789,12 @@ def test_hardened_enforced_refuses_services_and_keeps_the_admin(hardened):
     # its profile, and the standard boot refused nothing.
     assert v["lvm_active"] == "active", where(b)
     assert v["lvm_monitor"] == "success", where(b)
+    # Deactivated, then activated again by lvm-activate-aafs.service, which
+    # PID 1 ran at udev's request (refused nothing: DENIALS below).
+    assert v["lvm_off_exit"] == "0" and v["lvm_after_off"] == "", where(b)
+    assert v["lvm_trigger_exit"] == "0", where(b)
+    assert v["lvm_reactivated"] == "active", where(b)
+    assert v["lvm_activations_by_unit"] == "1", where(b)
     assert v["load_profile"] == "success", where(b)
     assert v["denied_at_start"] == "0", where(b)
     assert v["apt_update_exit"] == "0", where(b)

@@ -11,25 +11,27 @@ asks it for a reload, as apparmor.service does under systemd.
           attach as before (a program with its own profile enters it),
           and the full profile replaces init's stub; then, in the guest,
           `aa-fullsystem stage full` and `mode enforce`.
-  boot 2  full stage in enforce mode, not one DENIED line; then
-          `apt-get purge`.
+  boot 2  full stage in enforce mode, not one DENIED line; a probe's
+          own profile then refuses it a file, and status (no journal:
+          dmesg) counts what the kernel logged; then `apt-get purge`.
   boot 3  nothing of ours on disk or in the initramfs, PID 1 unconfined.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
 
 try:                    # tests/ imported as a package
     from . import vm
-    from .guest import (DENIALS, PROFILE, PURGE, RECORD, REPORT, count_every_denial, drop_stale_root,
-                        leftovers, unconfined_since_init, where)
+    from .guest import (DENIALS, KERNEL_FIRST_LINE, PROFILE, PURGE, RECORD, REPORT, count_every_denial,
+                        drop_stale_root, leftovers, unconfined_since_init, where)
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
-    from guest import (DENIALS, PROFILE, PURGE, RECORD, REPORT, count_every_denial, drop_stale_root,
-                       leftovers, unconfined_since_init, where)
+    from guest import (DENIALS, KERNEL_FIRST_LINE, PROFILE, PURGE, RECORD, REPORT, count_every_denial,
+                       drop_stale_root, leftovers, unconfined_since_init, where)
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -47,6 +49,30 @@ include <tunables/global>
 profile {OWN} {OWN_BIN} flags=(complain) {{
   /** rmix,
 }}
+"""
+
+# A program whose own profile, enforced, refuses it one file: the DENIED
+# record status must find without a journal (it reads dmesg under sysvinit).
+REFUSED = "aafs-probe-refused"
+REFUSED_BIN = f"/usr/local/bin/{REFUSED}"
+REFUSED_TARGET = "/etc/hostname"
+REFUSED_PROFILE = f"""\
+abi <abi/3.0>,
+include <tunables/global>
+
+# Test profile of tests/test_sysvinit.py: enforced, and without a rule for
+# {REFUSED_TARGET}.
+profile {REFUSED} {REFUSED_BIN} {{
+  include <abstractions/base>
+  {REFUSED_BIN} mr,
+}}
+"""
+REFUSE_ONE = rf"""
+{REFUSED_BIN} {REFUSED_TARGET} >/dev/null 2>&1
+echo "@@ refused.exit=$?"
+dmesg >/run/aafs-dmesg-after.txt 2>&1
+count refused.denied_dmesg /run/aafs-dmesg-after.txt '{KERNEL_FIRST_LINE}' -e 'apparmor="DENIED"'
+echo "@@ refused.status_json=$(aa-fullsystem --json status)"
 """
 
 LOADED = rf"""
@@ -88,6 +114,8 @@ def test_sysvinit_pid1_confined_and_the_other_profiles_load(built_deb, tmp_path)
     root = machine.root
     shutil.copy2(root / "usr/bin/sleep", root / OWN_BIN.lstrip("/"))
     (root / "etc/apparmor.d" / OWN).write_text(OWN_PROFILE)
+    shutil.copy2(root / "usr/bin/cat", root / REFUSED_BIN.lstrip("/"))
+    (root / "etc/apparmor.d" / REFUSED).write_text(REFUSED_PROFILE)
     count_every_denial(root)
     install = machine.install_debs([built_deb])
     print(f"--- apt-get install our package\n{install.stdout[-3000:]}")
@@ -121,13 +149,20 @@ def test_sysvinit_pid1_confined_and_the_other_profiles_load(built_deb, tmp_path)
     assert b.values["stage_exit"] == "0" and b.values["mode_exit"] == "0", where(b)
 
     # Boot 2: full stage, enforce mode, and nothing denied.
-    b = boot(DENIALS + PURGE)
+    b = boot(DENIALS + REFUSE_ONE + PURGE)
     assert b.values["pid1"] == f"{PROFILE} (enforce)", where(b)
     assert b.values["record.loaded_stage"] == "full", where(b)
     assert b.values["record.mode"] == "enforce", where(b)
     assert b.values["own.loaded"] == "1", where(b)
     assert b.values["denied_dmesg"] == "0", where(b)
     assert b.values["suppressed_dmesg"] == "0", where(b)
+    # Then one refusal of the probe's own profile: status, with no journal
+    # to read, finds in dmesg every DENIED record the kernel logged.
+    assert b.values["refused.exit"] != "0", where(b)
+    report = json.loads(b.values["refused.status_json"])
+    assert report["kernel_log_source"] == "dmesg", report
+    assert report["denied_count"] == int(b.values["refused.denied_dmesg"]) >= 1, (report, where(b))
+    assert any(r["profile"] == REFUSED and r["target"] == REFUSED_TARGET for r in report["denied"]), report
     assert b.values["purge_exit"] == "0", where(b)
 
     # Boot 3: purged: PID 1 unconfined, nothing of ours left; the other
