@@ -55,6 +55,7 @@ try:                    # tests/ imported as a package
         PROFILE,
         RECORD,
         REPORT,
+        count_every_denial,
         drop_stale_root,
         from_initramfs,
         new_machine,
@@ -74,6 +75,7 @@ except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
         PROFILE,
         RECORD,
         REPORT,
+        count_every_denial,
         drop_stale_root,
         from_initramfs,
         new_machine,
@@ -125,12 +127,28 @@ case $1 in prereqs) exit 0 ;; esac
 sleep 86400 </dev/null >/dev/null 2>&1 &
 """
 
+# Each test service's label, and how apparmor.service's parser put its
+# profile into the kernel, from the kernel's STATUS record: "profile_replace"
+# when the initramfs had loaded it, "profile_load" when it had not. (The
+# label alone cannot say: a service whose exec comes after apparmor.service
+# loaded its profile enters it either way.)
 SERVICES = f"""
 echo "@@ disabled_loaded=$(grep -c '^{DISABLED} ' /sys/kernel/security/apparmor/profiles)"
 """ + "".join(rf"""
 pid=$(pidof {program} | cut -d' ' -f1)
 echo "@@ {program}.label=$(cat /proc/$pid/attr/current 2>&1)"
-""" for _, program in EARLY_SERVICES.values())
+echo "@@ {name}.by_apparmor_service=$(dmesg | grep 'apparmor="STATUS"' | grep 'comm="apparmor_parser"' |
+    grep -m 1 ' name="{name}" ' | sed -n 's/.* operation="\([a-z_]*\)".*/\1/p')"
+""" for name, (_, program) in EARLY_SERVICES.items())
+
+
+def not_loaded_early(b: vm.Boot) -> None:
+    """The test services' profiles came from apparmor.service, not the
+    initramfs (the kernel's record), and each service is confined: under
+    init's profile, or its own if its exec came after that load."""
+    for name, (_, program) in EARLY_SERVICES.items():
+        assert b.values[f"{name}.by_apparmor_service"] == "profile_load", where(b)
+        assert b.values[f"{program}.label"] in (f"{PROFILE} (complain)", f"{name}//&{PROFILE} (complain)"), where(b)
 
 # Whether the running kernel's initramfs carries the parser; INITRAMFS_PROOF
 # shows the listing was read.
@@ -166,9 +184,12 @@ echo "@@ rebuild_ms=$((($(date +%s%N) - start) / 1000000))"
 
 # The compiled policy kept between builds (aa-pkg's compiled_policy):
 # rebuilt with nothing changed, it is reused, not compiled; damaged, it is
-# compiled again; after a profile is added, only it is compiled (and an
-# object found damaged), the other files' objects reused, and the new image
-# carries the change; after an abstraction changes, everything is.
+# compiled again; in enforce mode, after a profile is added, only it is
+# compiled (and an object found damaged), the other files' objects reused,
+# and so are init's profile and the fallbacks compiled from what the
+# initramfs ships (but one found damaged), the set holding init's profile
+# once, and the new image carries the change; after an abstraction changes,
+# everything is; back to complain mode, the set is whole again.
 KEPT = "/var/cache/apparmor-fullsystem/compiled"
 OBJECTS = "/var/cache/apparmor-fullsystem/objects"    # each installed policy file compiled alone
 ADDED = "aafs-test-added"
@@ -188,6 +209,20 @@ cat /run/aafs-damaged.log
 grep -q "kept in {KEPT}/$entry is damaged: compiling it again" /run/aafs-damaged.log && echo "@@ damage_found=yes"
 grep -q 'reused the policy' /run/aafs-damaged.log && echo "@@ damaged_reused=yes"
 (cd "{KEPT}/$entry" && sha256sum --check --quiet SHA256SUMS) && echo "@@ entry_whole_again=yes"
+# In enforce mode from here: init's file then has an object of its own
+# like any other, and the set must still hold its profiles once, from
+# init's own compile (the build after next reuses the objects).
+aa-fullsystem mode enforce >/run/aafs-enforce.log 2>&1
+echo "@@ enforce_exit=$?"
+cat /run/aafs-enforce.log
+grep -q 'carries no precompiled policy' /run/aafs-enforce.log && echo "@@ enforce_set_refused=yes"
+# What the build compiles from the files it ships (init's profile, the
+# fallbacks) is kept too: the next build reuses it, but a damaged one.
+derived=$(dirname "$(ls {OBJECTS}/*/index | head -n 1)")/derived
+echo "@@ derived_count=$(find "$derived" -type f ! -name '*.sha256' | wc -l)"
+derived_victim=$(find "$derived" -type f ! -name '*.sha256' | head -n 1)
+printf 'damage' >>"$derived_victim"
+derived_before=$(find "$derived" -type f ! -name '*.sha256' ! -path "$derived_victim" -printf '%P %s %T@\n' | sort)
 cat >/etc/apparmor.d/{ADDED} <<'END'
 abi <abi/3.0>,
 # tests/test_early.py: a profile added after the policy was compiled.
@@ -213,6 +248,13 @@ unpacked=$(mktemp -d)
 unmkinitramfs /boot/initrd.img-$(uname -r) "$unpacked"
 files=$(find "$unpacked" -path '*/{INITRAMFS_DIR}/cache/files' | head -n 1)
 grep -qx {ADDED} "$files" && echo "@@ change_in_image=yes"
+grep -q 'carries no precompiled policy' /run/aafs-changed.log && echo "@@ changed_set_refused=yes"
+derived_after=$(find "$derived" -type f ! -name '*.sha256' ! -path "$derived_victim" -printf '%P %s %T@\n' | sort)
+[ -n "$derived_before" ] && [ "$derived_after" = "$derived_before" ] && echo "@@ derived_reused=yes"
+for sum in "$derived"/*.sha256; do
+    [ "$(sha256sum <"${{sum%.sha256}}")" = "$(cat "$sum")" ] || echo "@@ derived_damaged_left=${{sum##*/}}"
+done
+echo "@@ init_files_in_set=$(grep -c -e '^{PROFILE}$' -e '^initramfs-{PROFILE}$' "$files")"
 rm -rf "$unpacked"
 # A changed abstraction: every file compiled again, under another base,
 # and the old store gone.
@@ -223,6 +265,11 @@ cat /run/aafs-abstraction.log
 grep -q 'compiling .* unchanged' /run/aafs-abstraction.log && echo "@@ abstraction_reused=yes"
 echo "@@ stores=$(find {OBJECTS} -mindepth 1 -maxdepth 1 -type d | wc -l)"
 [ -d "$store" ] || echo "@@ old_store_gone=yes"
+# Back to complain mode, which the rest of this boot and the next expect.
+aa-fullsystem mode complain >/run/aafs-complain.log 2>&1
+echo "@@ complain_exit=$?"
+cat /run/aafs-complain.log
+grep -q 'carries no precompiled policy' /run/aafs-complain.log && echo "@@ complain_set_refused=yes"
 """
 KEPT_SUITE = "trixie"   # the hook is the same on every suite; the time is not
 
@@ -322,6 +369,8 @@ cat /run/aafs-update.log
 @pytest.mark.parametrize("suite", vm.SUITES)
 def test_precompiled_policy_loaded_before_init(suite, built_deb, tmp_path):
     machine = new_machine(suite, tmp_path / "machine", built_deb)
+    # Every STATUS record printed (SERVICES reads apparmor.service's).
+    count_every_denial(machine.root)
     for name, (attachment, _) in EARLY_SERVICES.items():
         (machine.root / "etc/apparmor.d" / name).write_text(service_profile(name, attachment))
     # A profile the admin disabled (aa-disable(8): a link in disable/), which
@@ -366,9 +415,8 @@ def test_precompiled_policy_loaded_before_init(suite, built_deb, tmp_path):
     assert b.values["record.loaded_stage"] == "full", where(b)
     assert "Only the init policy was loaded early" in b.output, where(b)
     assert "'update-initramfs -u' precompiles the policy" in b.output, where(b)
-    # udevd started before apparmor.service loaded its profile.
-    for _, program in EARLY_SERVICES.values():
-        assert b.values[f"{program}.label"] == f"{PROFILE} (complain)", where(b)
+    # udevd's profile is not in the initramfs's policy.
+    not_loaded_early(b)
     assert b.values["update_exit"] == "0", where(b)
 
     # Boot 2: the whole policy, precompiled for this kernel, before PID 1.
@@ -387,8 +435,10 @@ def test_precompiled_policy_loaded_before_init(suite, built_deb, tmp_path):
     assert b.values["disabled_loaded"] == "0", where(b)
     assert PROFILE not in files, where(b)
     for name, (_, program) in EARLY_SERVICES.items():
-        # Its own profile, stacked on init's (the standard level's exec rule).
+        # Its own profile, stacked on init's (the standard level's exec rule),
+        # loaded by the initramfs: apparmor.service only replaced it.
         assert b.values[f"{program}.label"] == f"{name}//&{PROFILE} (complain)", where(b)
+        assert b.values[f"{name}.by_apparmor_service"] == "profile_replace", where(b)
     print(f"FIGURES suite={suite} early=cache files={len(files)} initramfs_load_ms={b.values['record.elapsed_ms']}")
     assert b.values["other_kernel_update_exit"] == "0", where(b)
 
@@ -400,8 +450,7 @@ def test_precompiled_policy_loaded_before_init(suite, built_deb, tmp_path):
     assert b.values["record.outcome"] == "fallback", where(b)
     assert b.values["record.loaded_stage"] == "full", where(b)
     assert "Only the init policy was loaded early" in b.output, where(b)
-    for _, program in EARLY_SERVICES.values():
-        assert b.values[f"{program}.label"] == f"{PROFILE} (complain)", where(b)
+    not_loaded_early(b)
     # ... which the parser in this image compiled: built for other features,
     # it keeps the parser and no binaries.
     assert b.values["record.loader"] == "parser", where(b)
@@ -424,9 +473,18 @@ def test_precompiled_policy_loaded_before_init(suite, built_deb, tmp_path):
         # A damaged entry is found and compiled again, never loaded.
         assert b.values["damaged_exit"] == "0" and b.values.get("damage_found") == "yes", where(b)
         assert "damaged_reused" not in b.values and b.values.get("entry_whole_again") == "yes", where(b)
-        # A changed policy makes another key: compiled, and in the image.
+        # Enforce mode: the set whole; init's profile, the stub and both
+        # fallbacks of init's kept compiled.
+        assert b.values["enforce_exit"] == "0" and "enforce_set_refused" not in b.values, where(b)
+        assert b.values["derived_count"] == "4", where(b)
+        # A changed policy makes another key: compiled, and in the image,
+        # with init's profile once (its own compile in enforce mode).
         assert b.values["changed_exit"] == "0" and "changed_reused" not in b.values, where(b)
         assert b.values.get("change_in_image") == "yes", where(b)
+        assert "changed_set_refused" not in b.values and b.values["init_files_in_set"] == "1", where(b)
+        # ... and those kept binaries reused, the damaged one compiled again.
+        assert b.values.get("derived_reused") == "yes", where(b)
+        assert not [k for k in b.values if k.startswith("derived_damaged_left")], where(b)
         # ... compiling the added file and the damaged object's, and those the
         # parser writes no binary for (disabled), not the rest.
         compiled, unchanged = int(b.values["changed_compiled"]), int(b.values["changed_unchanged"])
@@ -435,6 +493,7 @@ def test_precompiled_policy_loaded_before_init(suite, built_deb, tmp_path):
         # A changed abstraction reuses no object: another base, the old one removed.
         assert b.values["abstraction_exit"] == "0" and "abstraction_reused" not in b.values, where(b)
         assert b.values["stores"] == "1" and b.values.get("old_store_gone") == "yes", where(b)
+        assert b.values["complain_exit"] == "0" and "complain_set_refused" not in b.values, where(b)
     # The kernel refuses a set cut short: none of it is loaded, the text init
     # profile is, and the record and status say so.
     assert b.values["cut.policy_found"] == "yes", where(b)
@@ -482,5 +541,4 @@ def test_precompiled_policy_loaded_before_init(suite, built_deb, tmp_path):
     assert "cannot be loaded as one set" in b.values["record.early_reason"], where(b)
     assert "aafs-test-namespaced holds a profile in a policy namespace" in b.values["record.early_reason"], where(b)
     assert b.values["record.loaded_stage"] == "full", where(b)
-    for _, program in EARLY_SERVICES.values():
-        assert b.values[f"{program}.label"] == f"{PROFILE} (complain)", where(b)
+    not_loaded_early(b)
