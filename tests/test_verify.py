@@ -127,15 +127,22 @@ def codes(result: dict) -> list[str]:
 
 def test_the_default_package_passes_and_may_be_published(built_deb: Path, tmp_path: Path,
                                                           signing: tuple[Path, str]) -> None:
-    """trixie, as root (bookworm: as a normal user, below)."""
+    """trixie, as root, the whole policy loaded early at the hardened level (bookworm: as a normal
+    user, below, as installed but for stage and mode)."""
     refused = publish(tmp_path, signing, built_deb)
     assert refused.returncode == 1, refused
     assert refused.stderr.startswith(f"aa-pkg: error: {built_deb}: no passing 'aa-pkg verify' of these bytes"), \
         refused
     assert not (tmp_path / "repo/dists").exists()
 
-    done, result = verify(tmp_path, "--suite", "trixie", "--stage", "full", "--mode", "enforce", built_deb)
-    passes_and_publishes(done, result, tmp_path, signing, built_deb)
+    done, result = verify(tmp_path, "--suite", "trixie", "--stage", "full", "--mode", "enforce",
+                          "--early", "all", "--level", "hardened", built_deb)
+    passes_and_publishes(done, result, tmp_path, signing, built_deb,
+                         phases=frozenset({"early all", "level hardened", "settle"}))
+    # What the boot script did with that state: the set precompiled for this
+    # kernel, loaded before PID 1, with the hardened level's roles.
+    record = result["boot_record"]
+    assert (record["early"], record["level"]) == ("cache", "hardened"), record
 
 
 def test_a_normal_user_verifies_and_root_publishes_its_record(normal_user: User, built_deb: Path, tmp_path: Path,
@@ -178,7 +185,10 @@ def test_a_normal_user_verifies_and_root_publishes_its_record(normal_user: User,
 
 
 def passes_and_publishes(done: subprocess.CompletedProcess, result: dict, tmp_path: Path,
-                         signing: tuple[Path, str], built_deb: Path, records: Path | None = None) -> None:
+                         signing: tuple[Path, str], built_deb: Path, records: Path | None = None,
+                         phases: frozenset[str] = frozenset()) -> None:
+    """A verify that passed, its record as kept, and publish accepting the .deb; phases: those
+    of the state's other settings (and a first boot to settle), beside stage and mode."""
     assert (done.returncode, result["findings"]) == (0, []), result
     assert result["passed"] is True
     assert result["pid1"] == f"{PROFILE} (enforce)", result
@@ -186,7 +196,7 @@ def passes_and_publishes(done: subprocess.CompletedProcess, result: dict, tmp_pa
     record = result["boot_record"]
     assert (record["outcome"], record["loaded_stage"], record["mode"]) == ("loaded", "full", "enforce"), record
     assert result["unconfined"] == 0 and result["refusals"] == [], result
-    assert set(result["phases"]) == {"image", "install", "stage full", "mode enforce", "boot"}, result
+    assert set(result["phases"]) == {"image", "install", "stage full", "mode enforce", "boot", *phases}, result
 
     published = publish(tmp_path, signing, built_deb, records)
     assert published.returncode == 0, published
