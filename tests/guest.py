@@ -159,6 +159,15 @@ fi
 """
 
 
+def recount(key: str) -> str:
+    """Script: the DENIED lines in the kernel log now, as @@ KEY (after
+    DENIALS, which defines count): work done after DENIALS is checked too."""
+    return f"""
+dmesg >/run/aafs-dmesg-{key}.txt 2>&1
+count {key} /run/aafs-dmesg-{key}.txt '{KERNEL_FIRST_LINE}' -e 'apparmor="DENIED"'
+"""
+
+
 def count_every_denial(root: Path) -> None:
     """Turn off the kernel's printk rate limit from early boot (sysctl.d,
     read by systemd-sysctl or procps' init script), so that no audit record

@@ -60,13 +60,13 @@ try:                    # tests/ imported as a package
     from .guest import (ASK_PID1, COUNT, DENIALS, KERNEL_FIRST_LINE, MODPROBE_AUTOLOAD, PROFILE, REPORT,
                         add_ask_pid1, add_modprobe_probes, add_profiled_services, assert_modprobe_labels,
                         assert_pid1_asked, count_every_denial, drop_stale_root, modprobe_labels, probe_is_admin,
-                        runs_cleanly, unconfined_since_init, unit, unit_facts, where)
+                        recount, runs_cleanly, unconfined_since_init, unit, unit_facts, where)
 except ImportError:     # tests/ on sys.path (pytest's default rootdir mode)
     import vm
     from guest import (ASK_PID1, COUNT, DENIALS, KERNEL_FIRST_LINE, MODPROBE_AUTOLOAD, PROFILE, REPORT,
                        add_ask_pid1, add_modprobe_probes, add_profiled_services, assert_modprobe_labels,
                        assert_pid1_asked, count_every_denial, drop_stale_root, modprobe_labels, probe_is_admin,
-                       runs_cleanly, unconfined_since_init, unit, unit_facts, where)
+                       recount, runs_cleanly, unconfined_since_init, unit, unit_facts, where)
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -617,15 +617,6 @@ systemctl stop systemd-journald.socket systemd-journald-dev-log.socket systemd-j
 rm -rf /run/log/journal/* /var/log/journal/*
 echo "@@ journal_k_lines=$(journalctl -k -b --no-pager -o cat 2>/dev/null | grep -c 'apparmor=')"
 echo "@@ status_json_no_journal=$(aa-fullsystem --json status)"
-"""
-
-
-def recount(key: str) -> str:
-    """Script: the DENIED lines in the kernel log now, as @@ KEY (after
-    DENIALS, which defines count): work done after DENIALS is checked too."""
-    return f"""
-dmesg >/run/aafs-dmesg-{key}.txt 2>&1
-count {key} /run/aafs-dmesg-{key}.txt '{KERNEL_FIRST_LINE}' -e 'apparmor="DENIED"'
 """
 
 
