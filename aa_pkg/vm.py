@@ -137,10 +137,13 @@ if [ -s /run/vm-probe.sh ]; then
 fi
 echo "vm-probe: script-exit=$status"
 echo "=== vm-probe end ==="
-# What "systemctl poweroff" does, minus its attempt to ask logind over
-# D-Bus (neither is installed, so it would print an error first).
-systemctl --no-block --job-mode=replace-irreversibly start poweroff.target \
-    || echo o >/proc/sysrq-trigger
+# Power off at once: with --force, PID 1 (asked directly, not logind,
+# which is not installed) stops no unit one by one but kills every process,
+# then syncs, unmounts and detaches the disks before it powers off
+# (systemd-shutdown(8)), so the image is whole. The orderly way took about
+# 3 s of every boot under TCG, and nothing a test reads is written while
+# units stop.
+systemctl --force poweroff || echo o >/proc/sysrq-trigger
 """
 
 # Wanted by multi-user.target and ordered after it: systemd accepts this
@@ -172,7 +175,7 @@ SYSV_PROBE_SCRIPT = (PROBE_SCRIPT
                               'echo "vm-probe: multi-user.target=$state"')
                      .replace('echo "vm-probe: system-state=$(systemctl is-system-running --wait)"',
                               'echo "vm-probe: system-state=sysvinit"'))
-SYSV_PROBE_SCRIPT = SYSV_PROBE_SCRIPT[:SYSV_PROBE_SCRIPT.index("# What \"systemctl poweroff\"")] + "/sbin/poweroff\n"
+SYSV_PROBE_SCRIPT = SYSV_PROBE_SCRIPT[:SYSV_PROBE_SCRIPT.index("# Power off at once")] + "/sbin/poweroff\n"
 assert "systemctl" not in SYSV_PROBE_SCRIPT, "PROBE_SCRIPT changed: adapt SYSV_PROBE_SCRIPT"
 # inittab(5): "once" entries start in file order, after the "wait" entry
 # that runs rc 2 has finished, so the probe sees the booted system.
